@@ -1,0 +1,35 @@
+//! The module's clock: microseconds on the process's monotonic clock.
+//!
+//! Wall-clock time never decides when a lock ends: a forward jump of the
+//! node's clock (NTP step, operator error, VM migration) must not free a lock
+//! early. Values are offset so that `now - held` never underflows for the
+//! acquisition time of a lock loaded from an RDB file written long ago.
+
+use crate::lock::Micros;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// 2^50 us, about 35 years.
+const OFFSET: Micros = 1 << 50;
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Fix the clock's origin; called once at module load.
+pub fn init() {
+    START.get_or_init(Instant::now);
+}
+
+pub fn now() -> Micros {
+    let start = START.get_or_init(Instant::now);
+    let elapsed = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX / 2);
+    OFFSET.saturating_add(elapsed)
+}
+
+/// Microseconds since the Unix epoch by the wall clock: only a floor for the
+/// fencing counter at start-up (see `fence_floor_at_start`), never a deadline.
+pub fn wall_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(0))
+        .unwrap_or(0)
+}

@@ -1,0 +1,278 @@
+//! The raw calls the `redis-module` crate does not wrap (or wraps in a way
+//! that does not load on Redis 7.0), and the panic barrier every entry point
+//! from Redis goes through. Each `unsafe` block says why it is sound.
+
+use redis_module::{raw, Context, RedisResult, RedisString};
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+/// What a command handler looks like: the whole argv, name first.
+pub type Handler = fn(&Context, &[RedisString]) -> RedisResult;
+
+/// Run `f`, turning a panic into `fallback`. A panic must never unwind into
+/// Redis: since Rust 1.81 that aborts the server. The panic hook installed
+/// at load has already written the message to the server log.
+pub fn guard<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+/// The body of every command entry point.
+pub fn run_command(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+    handler: Handler,
+) -> c_int {
+    let context = Context::new(ctx);
+    let result = guard(None, || {
+        let args = redis_module::decode_args(ctx, argv, argc);
+        Some(handler(&context, &args))
+    });
+    match result {
+        Some(reply) => context.reply(reply) as c_int,
+        None => context.reply_error_string("ERR internal error in the lock module, see the server log")
+            as c_int,
+    }
+}
+
+/// Defines an `extern "C"` entry point for a command handler.
+#[macro_export]
+macro_rules! command_entry {
+    ($entry:ident, $handler:path) => {
+        extern "C" fn $entry(
+            ctx: *mut redis_module::raw::RedisModuleCtx,
+            argv: *mut *mut redis_module::raw::RedisModuleString,
+            argc: std::ffi::c_int,
+        ) -> std::ffi::c_int {
+            $crate::ffi::run_command(ctx, argv, argc, $handler)
+        }
+    };
+}
+
+pub type RawCommand =
+    extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
+
+/// A command with one key, at argument 1.
+pub struct CommandSpec {
+    pub name: &'static CStr,
+    pub entry: RawCommand,
+    /// Command flags, e.g. `c"write deny-oom"`.
+    pub flags: &'static CStr,
+    pub arity: c_int,
+    /// `REDISMODULE_CMD_KEY_*` flags of the key spec.
+    pub key_flags: u32,
+    pub summary: &'static CStr,
+    pub complexity: &'static CStr,
+}
+
+const COMMAND_INFO_VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoVersion {
+    version: 1,
+    sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+    sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+    sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+};
+
+/// Register a command with a key spec, in the way that loads on Redis 7.0:
+/// `CreateCommand` with key positions 0,0,0, then `SetCommandInfo` with the
+/// key spec (first key at index 1, one key). ACL key patterns and cluster
+/// routing then apply, and `COMMAND INFO`/`COMMAND GETKEYS` show the key.
+pub fn register_command(ctx: *mut raw::RedisModuleCtx, spec: &CommandSpec) -> Result<(), String> {
+    let name = spec.name.to_string_lossy();
+    // SAFETY: ctx is the OnLoad context; name and flags are NUL-terminated
+    // statics; the entry point is an extern "C" fn with the expected signature.
+    let created = unsafe {
+        raw::RedisModule_CreateCommand.ok_or("RedisModule_CreateCommand missing")?(
+            ctx,
+            spec.name.as_ptr(),
+            Some(spec.entry),
+            spec.flags.as_ptr(),
+            0,
+            0,
+            0,
+        )
+    };
+    if created != raw::Status::Ok as c_int {
+        return Err(format!("failed to create command {name}"));
+    }
+    // SAFETY: the command was just created under this name.
+    let command = unsafe {
+        raw::RedisModule_GetCommand.ok_or("RedisModule_GetCommand missing")?(ctx, spec.name.as_ptr())
+    };
+    if command.is_null() {
+        return Err(format!("command {name} not found after creation"));
+    }
+    let key_spec = raw::RedisModuleCommandKeySpec {
+        notes: ptr::null(),
+        flags: u64::from(spec.key_flags),
+        begin_search_type: raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX,
+        bs: raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+            index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: 1 },
+        },
+        find_keys_type: raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
+        fk: raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+            range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
+                lastkey: 0,
+                keystep: 1,
+                limit: 0,
+            },
+        },
+    };
+    // SAFETY: an all-zero key spec is the array terminator Redis expects.
+    let terminator: raw::RedisModuleCommandKeySpec = unsafe { std::mem::zeroed() };
+    let mut key_specs = [key_spec, terminator];
+    let mut info = raw::RedisModuleCommandInfo {
+        version: &COMMAND_INFO_VERSION,
+        summary: spec.summary.as_ptr(),
+        complexity: spec.complexity.as_ptr(),
+        since: c"0.1.0".as_ptr(),
+        history: ptr::null_mut(),
+        tips: ptr::null(),
+        arity: spec.arity,
+        key_specs: key_specs.as_mut_ptr(),
+        args: ptr::null_mut(),
+    };
+    // SAFETY: Redis copies everything it keeps from `info` before returning;
+    // all pointers in it are valid for the call.
+    let set = unsafe {
+        raw::RedisModule_SetCommandInfo.ok_or("RedisModule_SetCommandInfo missing")?(
+            command, &mut info,
+        )
+    };
+    if set != raw::Status::Ok as c_int {
+        return Err(format!("failed to set the command info of {name}"));
+    }
+    Ok(())
+}
+
+/// The database the context's client has selected.
+pub fn selected_db(ctx: &Context) -> i32 {
+    // SAFETY: a valid context from a callback.
+    unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.get_raw())) }
+}
+
+/// Select `db` on the context's client (timer callbacks start in db 0).
+pub fn select_db(ctx: &Context, db: i32) -> bool {
+    // SAFETY: a valid context from a callback; Redis checks the db index.
+    unsafe {
+        raw::RedisModule_SelectDb.is_some_and(|f| f(ctx.get_raw(), db) == raw::Status::Ok as c_int)
+    }
+}
+
+/// Ask Redis to report RDB read errors to `rdb_load` instead of exiting, so
+/// a corrupt `RESTORE` payload is an error reply, not a crash.
+pub fn handle_io_errors(ctx: *mut raw::RedisModuleCtx) {
+    // SAFETY: the OnLoad context.
+    unsafe {
+        if let Some(f) = raw::RedisModule_SetModuleOptions {
+            f(ctx, raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int);
+        }
+    }
+}
+
+/// `RedisModule_EmitAOF(io, cmd, "sb", key, payload)`.
+pub fn emit_aof(
+    io: *mut raw::RedisModuleIO,
+    command: &CStr,
+    key: *mut raw::RedisModuleString,
+    payload: &[u8],
+) {
+    // SAFETY: the format "sb" takes a RedisModuleString* then a buffer
+    // pointer and its length; io and key come from Redis for this call.
+    unsafe {
+        if let Some(f) = raw::RedisModule_EmitAOF {
+            f(
+                io,
+                command.as_ptr(),
+                c"sb".as_ptr(),
+                key,
+                payload.as_ptr().cast::<c_char>(),
+                payload.len(),
+            );
+        }
+    }
+}
+
+pub type KeyspaceCallback = unsafe extern "C" fn(
+    *mut raw::RedisModuleCtx,
+    c_int,
+    *const c_char,
+    *mut raw::RedisModuleString,
+) -> c_int;
+
+pub fn subscribe_keyspace_events(
+    ctx: *mut raw::RedisModuleCtx,
+    types: c_int,
+    callback: KeyspaceCallback,
+) -> Result<(), String> {
+    // SAFETY: the OnLoad context and an extern "C" callback of the right type.
+    let status = unsafe {
+        raw::RedisModule_SubscribeToKeyspaceEvents
+            .ok_or("RedisModule_SubscribeToKeyspaceEvents missing")?(ctx, types, Some(callback))
+    };
+    if status == raw::Status::Ok as c_int {
+        Ok(())
+    } else {
+        Err("failed to subscribe to keyspace events".into())
+    }
+}
+
+pub type ServerEventCallback =
+    unsafe extern "C" fn(*mut raw::RedisModuleCtx, raw::RedisModuleEvent, u64, *mut std::ffi::c_void);
+
+pub fn subscribe_swapdb(
+    ctx: *mut raw::RedisModuleCtx,
+    callback: ServerEventCallback,
+) -> Result<(), String> {
+    // redismodule.h defines the event descriptors as header statics, which
+    // do not link from Rust: build the same value (id, data version 1).
+    let event = raw::RedisModuleEvent {
+        id: raw::REDISMODULE_EVENT_SWAPDB,
+        dataver: 1,
+    };
+    // SAFETY: the OnLoad context; the callback has the signature Redis calls.
+    let status = unsafe {
+        raw::RedisModule_SubscribeToServerEvent
+            .ok_or("RedisModule_SubscribeToServerEvent missing")?(ctx, event, Some(callback))
+    };
+    if status == raw::Status::Ok as c_int {
+        Ok(())
+    } else {
+        Err("failed to subscribe to SWAPDB events".into())
+    }
+}
+
+/// The two databases of a SWAPDB event.
+///
+/// # Safety
+/// `data` must be the `RedisModuleSwapDbInfo` Redis passes with the event.
+pub unsafe fn swapdb_info(data: *mut std::ffi::c_void) -> Option<(i32, i32)> {
+    let info = data.cast::<raw::RedisModuleSwapDbInfo>();
+    if info.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller's contract.
+    let info = unsafe { &*info };
+    Some((info.dbnum_first, info.dbnum_second))
+}
+
+/// The bytes of a Redis string handed to a callback.
+///
+/// # Safety
+/// `s` must be a valid `RedisModuleString` for the duration of the borrow.
+pub unsafe fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
+    RedisString::string_as_slice(s)
+}
+
+/// The C string Redis passes as an event name, as UTF-8 (lossy is fine: the
+/// names we look for are ASCII).
+///
+/// # Safety
+/// `s` must be NUL-terminated and valid for the duration of the borrow.
+pub unsafe fn event_name<'a>(s: *const c_char) -> std::borrow::Cow<'a, str> {
+    if s.is_null() {
+        return "".into();
+    }
+    // SAFETY: per the caller's contract.
+    unsafe { CStr::from_ptr(s) }.to_string_lossy()
+}

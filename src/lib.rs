@@ -1,0 +1,136 @@
+//! redis-lock: distributed locks as a server-side Redis module.
+//!
+//! The pure core (`lock`, `codec`, `args`, `expiry`) knows nothing of Redis
+//! and is tested without a server. The glue (`commands`, `datatype`,
+//! `sweeper`, `ffi`) is compiled only into the loadable module.
+//!
+//! This file is registration only: the type, the commands with their key
+//! specs, the settings, the event subscriptions and the panic hook.
+
+pub mod args;
+pub mod clock;
+pub mod codec;
+pub mod expiry;
+pub mod lock;
+
+#[cfg(all(feature = "module", not(test)))]
+mod commands;
+#[cfg(all(feature = "module", not(test)))]
+mod datatype;
+#[cfg(all(feature = "module", not(test)))]
+mod ffi;
+#[cfg(all(feature = "module", not(test)))]
+mod node;
+#[cfg(all(feature = "module", not(test)))]
+mod sweeper;
+
+#[cfg(all(feature = "module", not(test)))]
+mod module {
+    use crate::datatype::LOCK_TYPE;
+    use crate::ffi::{self, CommandSpec};
+    use crate::{clock, command_entry, commands, node, sweeper};
+    use redis_module::configuration::ConfigurationFlags;
+    use redis_module::{logging, raw, redis_module, Context, RedisString, Status};
+
+    command_entry!(acquire_entry, commands::acquire);
+    command_entry!(extend_entry, commands::extend);
+    command_entry!(release_entry, commands::release);
+    command_entry!(info_entry, commands::info);
+    command_entry!(load_entry, commands::load);
+
+    const RW_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
+
+    fn command_specs() -> [CommandSpec; 5] {
+        [
+            CommandSpec {
+                name: c"lock.acquire",
+                entry: acquire_entry,
+                flags: c"write deny-oom",
+                arity: -4,
+                key_flags: RW_UPDATE,
+                summary: c"Takes a lock for a token for ttl-ms milliseconds; replies the fencing token, or nil if another token holds it",
+                complexity: c"O(log N) where N is the number of locks on the node",
+            },
+            CommandSpec {
+                name: c"lock.extend",
+                entry: extend_entry,
+                flags: c"write deny-oom fast",
+                arity: 4,
+                key_flags: RW_UPDATE,
+                summary: c"Moves the deadline of a lock the token holds to now + ttl-ms",
+                complexity: c"O(log N) where N is the number of locks on the node",
+            },
+            CommandSpec {
+                name: c"lock.release",
+                entry: release_entry,
+                flags: c"write fast",
+                arity: 3,
+                key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
+                summary: c"Frees a lock the token holds",
+                complexity: c"O(1)",
+            },
+            CommandSpec {
+                name: c"lock.info",
+                entry: info_entry,
+                flags: c"readonly fast",
+                arity: 2,
+                key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+                summary: c"Shows a held lock: ttl, fence, acquired, extensions, owner fingerprint",
+                complexity: c"O(1)",
+            },
+            CommandSpec {
+                name: c"lock.load",
+                entry: load_entry,
+                flags: c"write deny-oom",
+                arity: 3,
+                key_flags: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
+                summary: c"Stores an encoded lock; used by replication and the AOF, not by applications",
+                complexity: c"O(log N) where N is the number of locks on the node",
+            },
+        ]
+    }
+
+    fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+        clock::init();
+        std::panic::set_hook(Box::new(|info| {
+            logging::log_warning(format!("lock: internal error (bug): {info}"));
+        }));
+        let raw_ctx = ctx.get_raw();
+        ffi::handle_io_errors(raw_ctx);
+        // Start the fencing counter at the wall clock in microseconds: a node
+        // that lost its data resumes above every token it handed out before,
+        // unless its clock went backwards. Persisted counters raise it further.
+        node::with(|n| n.fences.observe(clock::wall_micros()));
+        for spec in command_specs() {
+            if let Err(e) = ffi::register_command(raw_ctx, &spec) {
+                ctx.log_warning(&format!("lock: {e}"));
+                return Status::Err;
+            }
+        }
+        let events = (raw::REDISMODULE_NOTIFY_GENERIC | raw::REDISMODULE_NOTIFY_LOADED) as i32;
+        let subscribed = ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
+            .and_then(|()| ffi::subscribe_swapdb(raw_ctx, sweeper::on_swapdb));
+        if let Err(e) = subscribed {
+            ctx.log_warning(&format!("lock: {e}"));
+            return Status::Err;
+        }
+        Status::Ok
+    }
+
+    redis_module! {
+        name: "lock",
+        version: 1,
+        allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+        data_types: [LOCK_TYPE],
+        init: init,
+        configurations: [
+            i64: [
+                ["max-ttl-ms", &commands::MAX_TTL_MS, 86_400_000, 1, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
+            ],
+            string: [],
+            bool: [],
+            enum: [],
+            module_args_as_configuration: true,
+        ]
+    }
+}

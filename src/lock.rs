@@ -1,0 +1,232 @@
+//! The lock state machine: pure, with time passed in.
+//!
+//! Nothing here knows about Redis. Every operation takes the current lock (if
+//! any), the request and `now` (microseconds on the node's monotonic clock)
+//! and returns the reply together with the change to apply to the key. The
+//! glue in `commands.rs` applies the change, replicates it and replies.
+
+use sha2::{Digest, Sha256};
+
+/// Microseconds on the module's monotonic clock (see `clock.rs`).
+pub type Micros = u64;
+
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+/// A held (or expired but not yet removed) lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lock {
+    /// The holder's token: the capability to extend and release. Never printed.
+    pub owner: Vec<u8>,
+    /// The fencing token handed out with this grant.
+    pub fence: u64,
+    /// The lock is held while `now < deadline`.
+    pub deadline: Micros,
+    /// When this grant was made.
+    pub acquired_at: Micros,
+    /// How many times `LOCK.EXTEND` renewed this grant.
+    pub extensions: u64,
+}
+
+impl Lock {
+    pub fn is_live(&self, now: Micros) -> bool {
+        now < self.deadline
+    }
+
+    pub fn is_held_by(&self, token: &[u8], now: Micros) -> bool {
+        self.is_live(now) && self.owner == token
+    }
+
+    pub fn remaining(&self, now: Micros) -> Micros {
+        self.deadline.saturating_sub(now)
+    }
+
+    pub fn held_for(&self, now: Micros) -> Micros {
+        now.saturating_sub(self.acquired_at)
+    }
+}
+
+/// What to do with the key after an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Leave the key as it is.
+    Keep,
+    /// Store this lock in the key (a new grant or a new deadline).
+    Put(Lock),
+    /// Delete the key (released, or found expired).
+    Remove,
+}
+
+/// The reply to send and the change to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome<R> {
+    pub reply: R,
+    pub change: Change,
+}
+
+/// The node-wide fencing counter: every new grant gets a value strictly
+/// greater than every value handed out or observed before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FenceCounter {
+    last: u64,
+}
+
+/// Fencing tokens are replied as Redis integers, so they stay below `i64::MAX`.
+pub const MAX_FENCE: u64 = i64::MAX as u64;
+
+impl FenceCounter {
+    pub const fn starting_at(last: u64) -> Self {
+        FenceCounter { last }
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The next fencing token, or `None` once the counter is exhausted.
+    pub fn next(&mut self) -> Option<u64> {
+        let next = self.last.checked_add(1).filter(|n| *n <= MAX_FENCE)?;
+        self.last = next;
+        Some(next)
+    }
+
+    /// Raise the counter to at least `seen` (a fence loaded from persistence
+    /// or replication), so later grants stay above it.
+    pub fn observe(&mut self, seen: u64) {
+        self.last = self.last.max(seen);
+    }
+}
+
+/// Reply of `LOCK.ACQUIRE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquired {
+    /// The token holds the lock; this is its fencing token.
+    Granted(u64),
+    /// Another token holds the lock.
+    Taken,
+    /// The node has handed out its last fencing token.
+    FencesExhausted,
+}
+
+/// `LOCK.ACQUIRE`: take a free or expired lock, or refresh our own.
+pub fn acquire(
+    current: Option<&Lock>,
+    token: &[u8],
+    ttl: Micros,
+    now: Micros,
+    fences: &mut FenceCounter,
+) -> Outcome<Acquired> {
+    let deadline = now.saturating_add(ttl);
+    match current {
+        Some(lock) if lock.is_held_by(token, now) => Outcome {
+            // A retry of our own grant (e.g. after a lost reply): same grant,
+            // same fence, fresh deadline.
+            reply: Acquired::Granted(lock.fence),
+            change: Change::Put(Lock {
+                deadline,
+                ..lock.clone()
+            }),
+        },
+        Some(lock) if lock.is_live(now) => Outcome {
+            reply: Acquired::Taken,
+            change: Change::Keep,
+        },
+        _ => match fences.next() {
+            Some(fence) => Outcome {
+                reply: Acquired::Granted(fence),
+                change: Change::Put(Lock {
+                    owner: token.to_vec(),
+                    fence,
+                    deadline,
+                    acquired_at: now,
+                    extensions: 0,
+                }),
+            },
+            None => Outcome {
+                reply: Acquired::FencesExhausted,
+                change: Change::Keep,
+            },
+        },
+    }
+}
+
+/// `LOCK.EXTEND`: move the deadline of a lock the token holds. An expired
+/// lock is not revived; it is removed.
+pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) -> Outcome<bool> {
+    match current {
+        Some(lock) if lock.is_held_by(token, now) => Outcome {
+            reply: true,
+            change: Change::Put(Lock {
+                deadline: now.saturating_add(ttl),
+                extensions: lock.extensions.saturating_add(1),
+                ..lock.clone()
+            }),
+        },
+        Some(lock) if !lock.is_live(now) => Outcome {
+            reply: false,
+            change: Change::Remove,
+        },
+        _ => Outcome {
+            reply: false,
+            change: Change::Keep,
+        },
+    }
+}
+
+/// `LOCK.RELEASE`: free a lock the token holds. Releasing twice, or after
+/// expiry, is harmless.
+pub fn release(current: Option<&Lock>, token: &[u8], now: Micros) -> Outcome<bool> {
+    match current {
+        Some(lock) if lock.is_held_by(token, now) => Outcome {
+            reply: true,
+            change: Change::Remove,
+        },
+        Some(lock) if !lock.is_live(now) => Outcome {
+            reply: false,
+            change: Change::Remove,
+        },
+        _ => Outcome {
+            reply: false,
+            change: Change::Keep,
+        },
+    }
+}
+
+/// What `LOCK.INFO` shows of a live lock. The token itself is never shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// Milliseconds left, rounded up: never reports a lock as ending sooner than it does.
+    pub ttl_ms: u64,
+    pub fence: u64,
+    /// Milliseconds since this grant was made, rounded down.
+    pub acquired_ms: u64,
+    pub extensions: u64,
+    /// Identifies the holder without revealing the token.
+    pub owner: String,
+}
+
+pub fn view(current: Option<&Lock>, now: Micros) -> Option<View> {
+    let lock = current.filter(|lock| lock.is_live(now))?;
+    Some(View {
+        ttl_ms: lock.remaining(now).div_ceil(1000),
+        fence: lock.fence,
+        acquired_ms: lock.held_for(now) / 1000,
+        extensions: lock.extensions,
+        owner: fingerprint(&lock.owner),
+    })
+}
+
+/// The first 8 bytes of SHA-256 of the token, in hex. Equal tokens give equal
+/// fingerprints on every node; a random token of 20 bytes or more cannot be
+/// recovered from it (a short guessable token could be, by trying guesses).
+pub fn fingerprint(token: &[u8]) -> String {
+    let digest = Sha256::digest(token);
+    digest
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

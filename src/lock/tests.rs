@@ -1,0 +1,353 @@
+use super::*;
+use proptest::prelude::*;
+
+const A: &[u8] = b"token-a";
+const B: &[u8] = b"token-b";
+
+fn held(owner: &[u8], fence: u64, deadline: Micros) -> Lock {
+    Lock {
+        owner: owner.to_vec(),
+        fence,
+        deadline,
+        acquired_at: 100,
+        extensions: 0,
+    }
+}
+
+#[test]
+fn acquire_table() {
+    struct Case {
+        name: &'static str,
+        current: Option<Lock>,
+        token: &'static [u8],
+        now: Micros,
+        reply: Acquired,
+        deadline: Option<Micros>,
+    }
+    let cases = [
+        Case {
+            name: "free lock is granted with the next fence",
+            current: None,
+            token: A,
+            now: 1_000,
+            reply: Acquired::Granted(8),
+            deadline: Some(1_500),
+        },
+        Case {
+            name: "live lock of another token is refused",
+            current: Some(held(B, 3, 2_000)),
+            token: A,
+            now: 1_999,
+            reply: Acquired::Taken,
+            deadline: None,
+        },
+        Case {
+            name: "re-acquire by the holder keeps the fence and moves the deadline",
+            current: Some(held(A, 3, 2_000)),
+            token: A,
+            now: 1_000,
+            reply: Acquired::Granted(3),
+            deadline: Some(1_500),
+        },
+        Case {
+            name: "a lock is free exactly at its deadline",
+            current: Some(held(B, 3, 2_000)),
+            token: A,
+            now: 2_000,
+            reply: Acquired::Granted(8),
+            deadline: Some(2_500),
+        },
+        Case {
+            name: "the holder of an expired lock gets a new grant",
+            current: Some(held(A, 3, 2_000)),
+            token: A,
+            now: 2_001,
+            reply: Acquired::Granted(8),
+            deadline: Some(2_501),
+        },
+    ];
+    for case in cases {
+        let mut fences = FenceCounter::starting_at(7);
+        let out = acquire(case.current.as_ref(), case.token, 500, case.now, &mut fences);
+        assert_eq!(out.reply, case.reply, "{}", case.name);
+        match (&out.change, case.deadline) {
+            (Change::Put(lock), Some(deadline)) => {
+                assert_eq!(lock.deadline, deadline, "{}", case.name);
+                assert_eq!(lock.owner, case.token, "{}", case.name);
+            }
+            (Change::Keep, None) => {}
+            (change, _) => panic!("{}: unexpected change {change:?}", case.name),
+        }
+    }
+}
+
+#[test]
+fn a_new_grant_resets_acquisition_time_and_extensions() {
+    let mut fences = FenceCounter::default();
+    let mut old = held(A, 1, 10);
+    old.extensions = 4;
+    let out = acquire(Some(&old), B, 100, 50, &mut fences);
+    let Change::Put(lock) = out.change else {
+        panic!("expected a grant")
+    };
+    assert_eq!((lock.acquired_at, lock.extensions), (50, 0));
+}
+
+#[test]
+fn re_acquire_keeps_acquisition_time_and_extensions() {
+    let mut fences = FenceCounter::default();
+    let mut old = held(A, 1, 1_000);
+    old.extensions = 4;
+    let out = acquire(Some(&old), A, 100, 50, &mut fences);
+    assert_eq!(
+        out.change,
+        Change::Put(Lock {
+            deadline: 150,
+            ..old
+        })
+    );
+    assert_eq!(fences.last(), 0, "a refresh draws no fence");
+}
+
+#[test]
+fn extend_table() {
+    let cases: [(&str, Option<Lock>, &[u8], Micros, bool, Change); 5] = [
+        ("nothing to extend", None, A, 10, false, Change::Keep),
+        (
+            "holder extends",
+            Some(held(A, 2, 100)),
+            A,
+            99,
+            true,
+            Change::Put(Lock {
+                deadline: 149,
+                extensions: 1,
+                ..held(A, 2, 100)
+            }),
+        ),
+        (
+            "another token cannot extend",
+            Some(held(B, 2, 100)),
+            A,
+            99,
+            false,
+            Change::Keep,
+        ),
+        (
+            "an expired lock is not revived and goes away",
+            Some(held(A, 2, 100)),
+            A,
+            100,
+            false,
+            Change::Remove,
+        ),
+        (
+            "an expired lock of another token goes away too",
+            Some(held(B, 2, 100)),
+            A,
+            150,
+            false,
+            Change::Remove,
+        ),
+    ];
+    for (name, current, token, now, reply, change) in cases {
+        let out = extend(current.as_ref(), token, 50, now);
+        assert_eq!((out.reply, out.change), (reply, change), "{name}");
+    }
+}
+
+#[test]
+fn release_table() {
+    let cases: [(&str, Option<Lock>, &[u8], Micros, bool, Change); 4] = [
+        ("nothing to release", None, A, 10, false, Change::Keep),
+        ("holder releases", Some(held(A, 2, 100)), A, 99, true, Change::Remove),
+        (
+            "release by another token keeps the lock",
+            Some(held(B, 2, 100)),
+            A,
+            99,
+            false,
+            Change::Keep,
+        ),
+        (
+            "release after expiry replies 0 and removes the key",
+            Some(held(A, 2, 100)),
+            A,
+            100,
+            false,
+            Change::Remove,
+        ),
+    ];
+    for (name, current, token, now, reply, change) in cases {
+        let out = release(current.as_ref(), token, now);
+        assert_eq!((out.reply, out.change), (reply, change), "{name}");
+    }
+}
+
+#[test]
+fn view_rounds_ttl_up_and_hides_the_token() {
+    let lock = Lock {
+        owner: b"secret".to_vec(),
+        fence: 9,
+        deadline: 10_001,
+        acquired_at: 1_000,
+        extensions: 2,
+    };
+    let v = view(Some(&lock), 5_999).expect("live");
+    assert_eq!(v.ttl_ms, 5, "4002 us left shows as 5 ms");
+    assert_eq!(v.acquired_ms, 4);
+    assert_eq!((v.fence, v.extensions), (9, 2));
+    assert_eq!(v.owner.len(), 16);
+    assert!(!v.owner.contains("secret"));
+    assert_eq!(v.owner, fingerprint(b"secret"));
+    assert_ne!(v.owner, fingerprint(b"secreT"));
+    assert_eq!(view(Some(&lock), 10_001), None, "expired shows as free");
+    assert_eq!(view(None, 0), None);
+}
+
+#[test]
+fn fence_counter_stops_below_i64_max() {
+    let mut fences = FenceCounter::starting_at(MAX_FENCE - 1);
+    assert_eq!(fences.next(), Some(MAX_FENCE));
+    assert_eq!(fences.next(), None);
+    let out = acquire(None, A, 10, 0, &mut fences);
+    assert_eq!((out.reply, out.change), (Acquired::FencesExhausted, Change::Keep));
+}
+
+#[test]
+fn observe_only_raises() {
+    let mut fences = FenceCounter::starting_at(10);
+    fences.observe(5);
+    assert_eq!(fences.last(), 10);
+    fences.observe(20);
+    assert_eq!(fences.next(), Some(21));
+}
+
+// ---- property test against a reference model ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire { key: usize, who: usize, ttl: u64 },
+    Extend { key: usize, who: usize, ttl: u64 },
+    Release { key: usize, who: usize },
+    Info { key: usize },
+    Pass { micros: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..2usize, 0..3usize, 1..60u64).prop_map(|(key, who, ttl)| Op::Acquire { key, who, ttl }),
+        (0..2usize, 0..3usize, 1..60u64).prop_map(|(key, who, ttl)| Op::Extend { key, who, ttl }),
+        (0..2usize, 0..3usize).prop_map(|(key, who)| Op::Release { key, who }),
+        (0..2usize).prop_map(|key| Op::Info { key }),
+        (0..80u64).prop_map(|micros| Op::Pass { micros }),
+    ]
+}
+
+/// The model: who holds each key until when, written as plainly as possible.
+#[derive(Default)]
+struct Model {
+    holder: [Option<(usize, u64, Micros)>; 2],
+    last_fence: u64,
+}
+
+impl Model {
+    fn live(&self, key: usize, now: Micros) -> Option<(usize, u64, Micros)> {
+        self.holder[key].filter(|(_, _, until)| now < *until)
+    }
+}
+
+const WHO: [&[u8]; 3] = [b"alice", b"bob", b"carol"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn state_machine_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut keys: [Option<Lock>; 2] = [None, None];
+        let mut fences = FenceCounter::default();
+        let mut model = Model::default();
+        // The latest deadline each key was promised to its holder: nobody
+        // else may get the key before it.
+        let mut promised: [Option<(usize, Micros)>; 2] = [None, None];
+        let mut now: Micros = 0;
+
+        for op in ops {
+            match op {
+                Op::Pass { micros } => now += micros,
+                Op::Acquire { key, who, ttl } => {
+                    let out = acquire(keys[key].as_ref(), WHO[who], ttl, now, &mut fences);
+                    let expected = match model.live(key, now) {
+                        Some((holder, fence, _)) if holder == who => {
+                            model.holder[key] = Some((who, fence, now + ttl));
+                            Acquired::Granted(fence)
+                        }
+                        Some(_) => Acquired::Taken,
+                        None => {
+                            model.last_fence += 1;
+                            model.holder[key] = Some((who, model.last_fence, now + ttl));
+                            Acquired::Granted(model.last_fence)
+                        }
+                    };
+                    prop_assert_eq!(out.reply, expected);
+                    if let Acquired::Granted(_) = out.reply {
+                        if let Some((holder, until)) = promised[key] {
+                            prop_assert!(holder == who || now >= until,
+                                "key {} granted to {} at {} but promised to {} until {}", key, who, now, holder, until);
+                        }
+                        promised[key] = Some((who, now + ttl));
+                    }
+                    apply(&mut keys[key], out.change);
+                }
+                Op::Extend { key, who, ttl } => {
+                    let out = extend(keys[key].as_ref(), WHO[who], ttl, now);
+                    let expected = match model.live(key, now) {
+                        Some((holder, fence, _)) if holder == who => {
+                            model.holder[key] = Some((who, fence, now + ttl));
+                            true
+                        }
+                        _ => false,
+                    };
+                    prop_assert_eq!(out.reply, expected);
+                    if out.reply {
+                        promised[key] = Some((who, now + ttl));
+                    }
+                    apply(&mut keys[key], out.change);
+                }
+                Op::Release { key, who } => {
+                    let out = release(keys[key].as_ref(), WHO[who], now);
+                    let expected = matches!(model.live(key, now), Some((holder, _, _)) if holder == who);
+                    if expected {
+                        model.holder[key] = None;
+                        promised[key] = None;
+                    }
+                    prop_assert_eq!(out.reply, expected);
+                    apply(&mut keys[key], out.change);
+                }
+                Op::Info { key } => {
+                    let shown = view(keys[key].as_ref(), now);
+                    let expected = model.live(key, now);
+                    prop_assert_eq!(shown.as_ref().map(|v| v.fence), expected.map(|(_, f, _)| f));
+                    if let (Some(v), Some((holder, _, until))) = (shown, expected) {
+                        prop_assert_eq!(v.ttl_ms, (until - now).div_ceil(1000));
+                        prop_assert_eq!(v.owner, fingerprint(WHO[holder]));
+                    }
+                }
+            }
+            // A stored lock that has expired is garbage only: nothing shows it.
+            for key in 0..2 {
+                if let Some(lock) = &keys[key] {
+                    prop_assert_eq!(lock.is_live(now), model.live(key, now).is_some());
+                }
+            }
+        }
+    }
+}
+
+fn apply(slot: &mut Option<Lock>, change: Change) {
+    match change {
+        Change::Keep => {}
+        Change::Put(lock) => *slot = Some(lock),
+        Change::Remove => *slot = None,
+    }
+}

@@ -1,0 +1,129 @@
+//! Removes the keys of locks that have ended, at their deadline, by a module
+//! timer on the monotonic clock. The primary deletes and replicates `DEL`;
+//! a replica only waits for that `DEL` (and re-checks in case it is promoted).
+
+use crate::datatype::LOCK_TYPE;
+use crate::lock::{Lock, Micros};
+use crate::{clock, ffi, node};
+use redis_module::{Context, ContextFlags, RedisString};
+use std::time::Duration;
+
+/// Keys examined per timer run, so a mass expiry does not stall the server.
+const BATCH: usize = 1_000;
+
+/// How often a replica (or a loading server) looks again at a lock that has
+/// ended but that it may not delete itself.
+const RECHECK: Micros = 1_000_000;
+
+/// Record that `key` in `db` holds a lock ending at `deadline`, and make sure
+/// the timer fires by then.
+pub fn track(ctx: &Context, db: i32, key: &[u8], deadline: Micros) {
+    node::with(|n| n.index.insert(deadline, db, key));
+    arm(ctx);
+}
+
+/// Arm the timer for the earliest deadline on record, unless it already
+/// fires by then.
+pub fn arm(ctx: &Context) {
+    let plan = node::with(|n| {
+        let next = n.index.next_deadline()?;
+        match n.timer {
+            Some((_, at)) if at <= next => None,
+            old => Some((old.map(|(id, _)| id), next)),
+        }
+    });
+    let Some((old, next)) = plan else { return };
+    if let Some(id) = old {
+        // The data of our timers is `()`, so nothing is leaked or dropped.
+        let _ = ctx.stop_timer::<()>(id);
+    }
+    let wait_ms = next.saturating_sub(clock::now()).div_ceil(1000);
+    let id = ctx.create_timer(Duration::from_millis(wait_ms), on_timer, ());
+    node::with(|n| n.timer = Some((id, next)));
+}
+
+fn on_timer(ctx: &Context, _: ()) {
+    ffi::guard((), || {
+        node::with(|n| n.timer = None);
+        sweep(ctx);
+        arm(ctx);
+    });
+}
+
+fn sweep(ctx: &Context) {
+    let now = clock::now();
+    let due = node::with(|n| n.index.pop_due(now, BATCH));
+    let flags = ctx.get_flags();
+    let may_delete = !flags.contains(ContextFlags::SLAVE) && !flags.contains(ContextFlags::LOADING);
+    for entry in due {
+        if !ffi::select_db(ctx, entry.db) {
+            continue;
+        }
+        let name = ctx.create_string(entry.key.as_slice());
+        let key = ctx.open_key_writable(&name);
+        let deadline = match key.get_value::<Lock>(&LOCK_TYPE) {
+            Ok(Some(lock)) => lock.deadline,
+            // Deleted, overwritten by another type, or renamed away.
+            _ => continue,
+        };
+        if now < deadline {
+            // Extended, or re-granted: look again at its current deadline.
+            node::with(|n| n.index.insert(deadline, entry.db, &entry.key));
+        } else if may_delete {
+            remove(ctx, &key, &name);
+        } else {
+            node::with(|n| n.index.insert(now.saturating_add(RECHECK), entry.db, &entry.key));
+        }
+    }
+}
+
+/// Delete a lock's key and replicate the deletion.
+pub fn remove(ctx: &Context, key: &redis_module::key::RedisKeyWritable, name: &RedisString) {
+    if key.delete().is_ok() {
+        ctx.replicate("DEL", &[name]);
+    }
+}
+
+/// Keyspace events that bring a lock to a key without one of our commands:
+/// loading from RDB, RENAME, MOVE, COPY, RESTORE. Index the lock there.
+pub unsafe extern "C" fn on_keyspace_event(
+    ctx: *mut redis_module::raw::RedisModuleCtx,
+    _type: std::ffi::c_int,
+    event: *const std::ffi::c_char,
+    key: *mut redis_module::raw::RedisModuleString,
+) -> std::ffi::c_int {
+    ffi::guard(0, || {
+        // SAFETY: Redis passes a NUL-terminated event name and a valid key
+        // string for the duration of the callback.
+        let (event, key) = unsafe { (ffi::event_name(event), ffi::string_bytes(key)) };
+        if !matches!(
+            event.as_ref(),
+            "loaded" | "rename_to" | "move_to" | "copy_to" | "restore"
+        ) {
+            return 0;
+        }
+        let context = Context::new(ctx);
+        let name = context.create_string(key);
+        let deadline = match context.open_key(&name).get_value::<Lock>(&LOCK_TYPE) {
+            Ok(Some(lock)) => lock.deadline,
+            _ => return 0,
+        };
+        track(&context, ffi::selected_db(&context), key, deadline);
+        0
+    })
+}
+
+/// `SWAPDB`: keep the index pointing at the right databases.
+pub unsafe extern "C" fn on_swapdb(
+    _ctx: *mut redis_module::raw::RedisModuleCtx,
+    _event: redis_module::raw::RedisModuleEvent,
+    _subevent: u64,
+    data: *mut std::ffi::c_void,
+) {
+    ffi::guard((), || {
+        // SAFETY: Redis passes the SWAPDB event's info struct as `data`.
+        if let Some((a, b)) = unsafe { ffi::swapdb_info(data) } {
+            node::with(|n| n.index.swap_db(a, b));
+        }
+    });
+}
