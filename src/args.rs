@@ -89,7 +89,7 @@ pub fn load<'a>(args: &[&'a [u8]]) -> Result<&'a [u8], ArgError> {
     }
 }
 
-fn token_arg<'a>(token: &'a [u8]) -> Result<&'a [u8], ArgError> {
+fn token_arg(token: &[u8]) -> Result<&[u8], ArgError> {
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(ArgError(format!(
             "invalid token: must be 1 to {MAX_TOKEN_LEN} bytes, got {}",
@@ -164,20 +164,50 @@ mod tests {
     fn bad_arguments_name_the_argument() {
         let max = 10_000;
         let cases: &[(&[&str], &str)] = &[
-            (&["LOCK.ACQUIRE", "k", "tok"], "wrong number of arguments for 'lock.acquire' command"),
-            (&["LOCK.ACQUIRE", "k", "tok", "0"], "invalid ttl-ms '0': must be an integer from 1 to 10000 (lock.max-ttl-ms)"),
+            (
+                &["LOCK.ACQUIRE", "k", "tok"],
+                "wrong number of arguments for 'lock.acquire' command",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "0"],
+                "invalid ttl-ms '0': must be an integer from 1 to 10000 (lock.max-ttl-ms)",
+            ),
             (&["LOCK.ACQUIRE", "k", "tok", "-5"], "invalid ttl-ms '-5'"),
-            (&["LOCK.ACQUIRE", "k", "tok", "10001"], "invalid ttl-ms '10001'"),
-            (&["LOCK.ACQUIRE", "k", "tok", "12ms"], "invalid ttl-ms '12ms'"),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "10001"],
+                "invalid ttl-ms '10001'",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "12ms"],
+                "invalid ttl-ms '12ms'",
+            ),
             (&["LOCK.ACQUIRE", "k", "tok", "+5"], "invalid ttl-ms '+5'"),
             (&["LOCK.ACQUIRE", "k", "tok", "05"], "invalid ttl-ms '05'"),
-            (&["LOCK.ACQUIRE", "k", "tok", "99999999999999999999"], "invalid ttl-ms"),
-            (&["LOCK.ACQUIRE", "k", "", "100"], "invalid token: must be 1 to 256 bytes, got 0"),
-            (&["LOCK.ACQUIRE", "k", "tok", "100", "NX"], "unknown option 'NX' for 'lock.acquire'"),
-            (&["LOCK.EXTEND", "k", "tok"], "wrong number of arguments for 'lock.extend' command"),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "99999999999999999999"],
+                "invalid ttl-ms",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "", "100"],
+                "invalid token: must be 1 to 256 bytes, got 0",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "100", "NX"],
+                "unknown option 'NX' for 'lock.acquire'",
+            ),
+            (
+                &["LOCK.EXTEND", "k", "tok"],
+                "wrong number of arguments for 'lock.extend' command",
+            ),
             (&["LOCK.EXTEND", "k", "tok", "x"], "invalid ttl-ms 'x'"),
-            (&["LOCK.EXTEND", "k", "tok", "1", "2"], "wrong number of arguments for 'lock.extend' command"),
-            (&["LOCK.RELEASE", "k"], "wrong number of arguments for 'lock.release' command"),
+            (
+                &["LOCK.EXTEND", "k", "tok", "1", "2"],
+                "wrong number of arguments for 'lock.extend' command",
+            ),
+            (
+                &["LOCK.RELEASE", "k"],
+                "wrong number of arguments for 'lock.release' command",
+            ),
             (&["LOCK.RELEASE", "k", ""], "invalid token"),
         ];
         for (args, expected) in cases {
@@ -219,7 +249,16 @@ mod tests {
     fn parse_i64_is_strict() {
         assert_eq!(parse_i64(b"0"), Some(0));
         assert_eq!(parse_i64(b"-12"), Some(-12));
-        for bad in [&b""[..], b"-", b" 1", b"1 ", b"+1", b"01", b"1e3", b"9223372036854775808"] {
+        for bad in [
+            &b""[..],
+            b"-",
+            b" 1",
+            b"1 ",
+            b"+1",
+            b"01",
+            b"1e3",
+            b"9223372036854775808",
+        ] {
             assert_eq!(parse_i64(bad), None, "{bad:?}");
         }
     }

@@ -24,12 +24,3 @@ pub fn now() -> Micros {
     let elapsed = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX / 2);
     OFFSET.saturating_add(elapsed)
 }
-
-/// Microseconds since the Unix epoch by the wall clock: only a floor for the
-/// fencing counter at start-up (see `fence_floor_at_start`), never a deadline.
-pub fn wall_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(0))
-        .unwrap_or(0)
-}

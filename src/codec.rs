@@ -201,7 +201,11 @@ mod tests {
         assert_eq!(decode(&[], 0), Err(DecodeError::Empty));
         assert_eq!(decode(&[2], 0), Err(DecodeError::UnknownVersion(2)));
         for cut in 1..good.len() {
-            assert_eq!(decode(&good[..cut], 0), Err(DecodeError::Truncated), "cut at {cut}");
+            assert_eq!(
+                decode(&good[..cut], 0),
+                Err(DecodeError::Truncated),
+                "cut at {cut}"
+            );
         }
         let mut long = good.clone();
         long.push(0);
@@ -213,7 +217,10 @@ mod tests {
         let mut huge_owner = good.clone();
         huge_owner[HEADER_LEN - 2] = 0x01;
         huge_owner[HEADER_LEN - 1] = 0x01;
-        assert_eq!(decode(&huge_owner, 0), Err(DecodeError::BadOwnerLength(257)));
+        assert_eq!(
+            decode(&huge_owner, 0),
+            Err(DecodeError::BadOwnerLength(257))
+        );
         let mut zero_fence = good.clone();
         zero_fence[1] = 0;
         assert_eq!(decode(&zero_fence, 0), Err(DecodeError::BadFence(0)));

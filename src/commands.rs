@@ -88,11 +88,19 @@ pub fn acquire(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let current = stored(&key)?;
     let now = clock::now();
     let out = node::with(|n| {
-        lock::acquire(current.as_ref(), req.token, ttl_micros(req.ttl_ms), now, &mut n.fences)
+        lock::acquire(
+            current.as_ref(),
+            req.token,
+            ttl_micros(req.ttl_ms),
+            now,
+            &mut n.fences,
+        )
     });
     apply(ctx, &key, name, out.change, now)?;
     match out.reply {
-        Acquired::Granted(fence) => Ok(RedisValue::Integer(i64::try_from(fence).unwrap_or(i64::MAX))),
+        Acquired::Granted(fence) => Ok(RedisValue::Integer(
+            i64::try_from(fence).unwrap_or(i64::MAX),
+        )),
         Acquired::Taken => Ok(RedisValue::Null),
         Acquired::FencesExhausted => Err(RedisError::Str(
             "ERR the node's fencing counter is exhausted",
@@ -141,9 +149,18 @@ pub fn info(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let fields = BTreeMap::from([
         (RedisValueKey::String("ttl".into()), int(view.ttl_ms)),
         (RedisValueKey::String("fence".into()), int(view.fence)),
-        (RedisValueKey::String("acquired".into()), int(view.acquired_ms)),
-        (RedisValueKey::String("extensions".into()), int(view.extensions)),
-        (RedisValueKey::String("owner".into()), RedisValue::BulkString(view.owner)),
+        (
+            RedisValueKey::String("acquired".into()),
+            int(view.acquired_ms),
+        ),
+        (
+            RedisValueKey::String("extensions".into()),
+            int(view.extensions),
+        ),
+        (
+            RedisValueKey::String("owner".into()),
+            RedisValue::BulkString(view.owner),
+        ),
     ]);
     Ok(RedisValue::OrderedMap(fields))
 }

@@ -31,7 +31,8 @@ pub fn run_command(
     });
     match result {
         Some(reply) => context.reply(reply) as c_int,
-        None => context.reply_error_string("ERR internal error in the lock module, see the server log")
+        None => context
+            .reply_error_string("ERR internal error in the lock module, see the server log")
             as c_int,
     }
 }
@@ -66,12 +67,13 @@ pub struct CommandSpec {
     pub complexity: &'static CStr,
 }
 
-const COMMAND_INFO_VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoVersion {
-    version: 1,
-    sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
-    sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
-    sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
-};
+const COMMAND_INFO_VERSION: raw::RedisModuleCommandInfoVersion =
+    raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+    };
 
 /// Register a command with a key spec, in the way that loads on Redis 7.0:
 /// `CreateCommand` with key positions 0,0,0, then `SetCommandInfo` with the
@@ -97,7 +99,10 @@ pub fn register_command(ctx: *mut raw::RedisModuleCtx, spec: &CommandSpec) -> Re
     }
     // SAFETY: the command was just created under this name.
     let command = unsafe {
-        raw::RedisModule_GetCommand.ok_or("RedisModule_GetCommand missing")?(ctx, spec.name.as_ptr())
+        raw::RedisModule_GetCommand.ok_or("RedisModule_GetCommand missing")?(
+            ctx,
+            spec.name.as_ptr(),
+        )
     };
     if command.is_null() {
         return Err(format!("command {name} not found after creation"));
@@ -159,6 +164,15 @@ pub fn select_db(ctx: &Context, db: i32) -> bool {
     }
 }
 
+/// The server's wall clock in milliseconds since the Unix epoch (the time
+/// `TIME` shows; the module's own libc calls may be bound apart from the
+/// server's, e.g. under `RTLD_DEEPBIND`).
+pub fn server_wall_ms() -> u64 {
+    // SAFETY: takes no arguments and only reads the clock.
+    let ms = unsafe { raw::RedisModule_Milliseconds.map_or(0, |f| f()) };
+    u64::try_from(ms).unwrap_or(0)
+}
+
 /// Ask Redis to report RDB read errors to `rdb_load` instead of exiting, so
 /// a corrupt `RESTORE` payload is an error reply, not a crash.
 pub fn handle_io_errors(ctx: *mut raw::RedisModuleCtx) {
@@ -208,7 +222,9 @@ pub fn subscribe_keyspace_events(
     // SAFETY: the OnLoad context and an extern "C" callback of the right type.
     let status = unsafe {
         raw::RedisModule_SubscribeToKeyspaceEvents
-            .ok_or("RedisModule_SubscribeToKeyspaceEvents missing")?(ctx, types, Some(callback))
+            .ok_or("RedisModule_SubscribeToKeyspaceEvents missing")?(
+            ctx, types, Some(callback)
+        )
     };
     if status == raw::Status::Ok as c_int {
         Ok(())
@@ -217,8 +233,12 @@ pub fn subscribe_keyspace_events(
     }
 }
 
-pub type ServerEventCallback =
-    unsafe extern "C" fn(*mut raw::RedisModuleCtx, raw::RedisModuleEvent, u64, *mut std::ffi::c_void);
+pub type ServerEventCallback = unsafe extern "C" fn(
+    *mut raw::RedisModuleCtx,
+    raw::RedisModuleEvent,
+    u64,
+    *mut std::ffi::c_void,
+);
 
 pub fn subscribe_swapdb(
     ctx: *mut raw::RedisModuleCtx,

@@ -7,6 +7,17 @@
 //! This file is registration only: the type, the commands with their key
 //! specs, the settings, the event subscriptions and the panic hook.
 
+// Unit tests may unwrap and index; module code may not (see [workspace.lints]).
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 pub mod args;
 pub mod clock;
 pub mod codec;
@@ -100,16 +111,17 @@ mod module {
         // Start the fencing counter at the wall clock in microseconds: a node
         // that lost its data resumes above every token it handed out before,
         // unless its clock went backwards. Persisted counters raise it further.
-        node::with(|n| n.fences.observe(clock::wall_micros()));
+        node::with(|n| n.fences.observe(ffi::server_wall_ms().saturating_mul(1000)));
         for spec in command_specs() {
             if let Err(e) = ffi::register_command(raw_ctx, &spec) {
                 ctx.log_warning(&format!("lock: {e}"));
                 return Status::Err;
             }
         }
-        let events = (raw::REDISMODULE_NOTIFY_GENERIC | raw::REDISMODULE_NOTIFY_LOADED) as i32;
-        let subscribed = ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
-            .and_then(|()| ffi::subscribe_swapdb(raw_ctx, sweeper::on_swapdb));
+        let events = raw::REDISMODULE_NOTIFY_GENERIC | raw::REDISMODULE_NOTIFY_LOADED;
+        let subscribed =
+            ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
+                .and_then(|()| ffi::subscribe_swapdb(raw_ctx, sweeper::on_swapdb));
         if let Err(e) = subscribed {
             ctx.log_warning(&format!("lock: {e}"));
             return Status::Err;

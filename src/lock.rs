@@ -84,7 +84,7 @@ impl FenceCounter {
     }
 
     /// The next fencing token, or `None` once the counter is exhausted.
-    pub fn next(&mut self) -> Option<u64> {
+    pub fn next_fence(&mut self) -> Option<u64> {
         let next = self.last.checked_add(1).filter(|n| *n <= MAX_FENCE)?;
         self.last = next;
         Some(next)
@@ -131,7 +131,7 @@ pub fn acquire(
             reply: Acquired::Taken,
             change: Change::Keep,
         },
-        _ => match fences.next() {
+        _ => match fences.next_fence() {
             Some(fence) => Outcome {
                 reply: Acquired::Granted(fence),
                 change: Change::Put(Lock {
@@ -221,11 +221,7 @@ pub fn view(current: Option<&Lock>, now: Micros) -> Option<View> {
 /// recovered from it (a short guessable token could be, by trying guesses).
 pub fn fingerprint(token: &[u8]) -> String {
     let digest = Sha256::digest(token);
-    digest
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -72,7 +72,10 @@ fn sweep(ctx: &Context) {
         } else if may_delete {
             remove(ctx, &key, &name);
         } else {
-            node::with(|n| n.index.insert(now.saturating_add(RECHECK), entry.db, &entry.key));
+            node::with(|n| {
+                n.index
+                    .insert(now.saturating_add(RECHECK), entry.db, &entry.key)
+            });
         }
     }
 }

@@ -1,6 +1,16 @@
 use super::*;
 use proptest::prelude::*;
 
+/// name, current lock, token, now, expected reply, expected change
+type Case = (
+    &'static str,
+    Option<Lock>,
+    &'static [u8],
+    Micros,
+    bool,
+    Change,
+);
+
 const A: &[u8] = b"token-a";
 const B: &[u8] = b"token-b";
 
@@ -68,7 +78,13 @@ fn acquire_table() {
     ];
     for case in cases {
         let mut fences = FenceCounter::starting_at(7);
-        let out = acquire(case.current.as_ref(), case.token, 500, case.now, &mut fences);
+        let out = acquire(
+            case.current.as_ref(),
+            case.token,
+            500,
+            case.now,
+            &mut fences,
+        );
         assert_eq!(out.reply, case.reply, "{}", case.name);
         match (&out.change, case.deadline) {
             (Change::Put(lock), Some(deadline)) => {
@@ -111,7 +127,7 @@ fn re_acquire_keeps_acquisition_time_and_extensions() {
 
 #[test]
 fn extend_table() {
-    let cases: [(&str, Option<Lock>, &[u8], Micros, bool, Change); 5] = [
+    let cases: [Case; 5] = [
         ("nothing to extend", None, A, 10, false, Change::Keep),
         (
             "holder extends",
@@ -158,9 +174,16 @@ fn extend_table() {
 
 #[test]
 fn release_table() {
-    let cases: [(&str, Option<Lock>, &[u8], Micros, bool, Change); 4] = [
+    let cases: [Case; 4] = [
         ("nothing to release", None, A, 10, false, Change::Keep),
-        ("holder releases", Some(held(A, 2, 100)), A, 99, true, Change::Remove),
+        (
+            "holder releases",
+            Some(held(A, 2, 100)),
+            A,
+            99,
+            true,
+            Change::Remove,
+        ),
         (
             "release by another token keeps the lock",
             Some(held(B, 2, 100)),
@@ -208,10 +231,13 @@ fn view_rounds_ttl_up_and_hides_the_token() {
 #[test]
 fn fence_counter_stops_below_i64_max() {
     let mut fences = FenceCounter::starting_at(MAX_FENCE - 1);
-    assert_eq!(fences.next(), Some(MAX_FENCE));
-    assert_eq!(fences.next(), None);
+    assert_eq!(fences.next_fence(), Some(MAX_FENCE));
+    assert_eq!(fences.next_fence(), None);
     let out = acquire(None, A, 10, 0, &mut fences);
-    assert_eq!((out.reply, out.change), (Acquired::FencesExhausted, Change::Keep));
+    assert_eq!(
+        (out.reply, out.change),
+        (Acquired::FencesExhausted, Change::Keep)
+    );
 }
 
 #[test]
@@ -220,7 +246,7 @@ fn observe_only_raises() {
     fences.observe(5);
     assert_eq!(fences.last(), 10);
     fences.observe(20);
-    assert_eq!(fences.next(), Some(21));
+    assert_eq!(fences.next_fence(), Some(21));
 }
 
 // ---- property test against a reference model ----
@@ -335,8 +361,8 @@ proptest! {
                 }
             }
             // A stored lock that has expired is garbage only: nothing shows it.
-            for key in 0..2 {
-                if let Some(lock) = &keys[key] {
+            for (key, stored) in keys.iter().enumerate() {
+                if let Some(lock) = stored {
                     prop_assert_eq!(lock.is_live(now), model.live(key, now).is_some());
                 }
             }

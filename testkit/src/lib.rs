@@ -1,0 +1,128 @@
+//! Test harness for redis-lock: throwaway Redis and Valkey servers with the module loaded.
+//!
+//! Every [`Server`] gets a free port, a private temp dir holding its log and data files,
+//! `--save ""` unless asked otherwise, and a bounded readiness wait. Dropping it kills the
+//! process and waits for it; if the test is panicking, the server log is printed first.
+//!
+//! ```no_run
+//! use testkit::{flavors, Server};
+//!
+//! for flavor in flavors() {
+//!     let server = Server::start(flavor); // module from target/debug, or REDIS_LOCK_MODULE
+//!     let mut conn = server.conn();
+//!     let pong: String = redis::cmd("PING").query(&mut conn).expect("PING");
+//!     assert_eq!(pong, "PONG");
+//! }
+//! ```
+//!
+//! Environment:
+//! - `REDIS_SERVER`, `VALKEY8_SERVER`, `VALKEY9_SERVER`: server binaries to use instead of the
+//!   installed ones.
+//! - `CI=true` or `REDIS_LOCK_REQUIRE_ALL=1`: a missing flavor fails [`flavors()`] instead of
+//!   being skipped.
+//! - `REDIS_LOCK_MODULE`: the module `.so` to load (default `target/debug/libredis_lock.so`).
+//! - `REDIS_LOCK_KEEP_DIRS=1`: keep each server's temp dir (log, RDB, AOF) after the test.
+
+mod flavor;
+mod lockutil;
+mod server;
+
+use std::env;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use flavor::{flavors, require_all, Flavor};
+pub use lockutil::{
+    corrupt_lock_dumps, crc64_redis, error_text, info_field, lock_info_fields, lock_info_owner,
+    read_aof, wait_aof_rewrite,
+};
+pub use redis;
+pub use server::{Server, ServerBuilder};
+
+/// The module to load: `REDIS_LOCK_MODULE` if set, else `libredis_lock.so` in the workspace's
+/// `target/debug` (or `$CARGO_TARGET_DIR/debug`). Panics if the file does not exist.
+pub fn module_path() -> PathBuf {
+    let path = match env::var_os("REDIS_LOCK_MODULE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("testkit lives inside the workspace")
+                .to_path_buf();
+            let target = match env::var_os("CARGO_TARGET_DIR") {
+                Some(t) if !t.is_empty() => root.join(t),
+                _ => root.join("target"),
+            };
+            target.join("debug").join("libredis_lock.so")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "module not found at {}: build the module first: cargo build -p redis-lock \
+         (or point REDIS_LOCK_MODULE at the .so)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+///
+/// Another process can take it before it is used; [`Server`] retries with a new port when
+/// that happens.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener
+        .local_addr()
+        .expect("local address of a bound listener")
+        .port()
+}
+
+/// Poll `f` every 10 ms until it returns `Some`, and return that. Panics with `what` if
+/// `timeout` passes first (`f` is always tried at least once).
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Independent servers, for the quorum client: no replication between them.
+#[derive(Debug)]
+pub struct NodeSet {
+    pub nodes: Vec<Server>,
+}
+
+impl NodeSet {
+    /// `n` servers of `flavor` with the module loaded, started in parallel.
+    pub fn start(n: usize, flavor: Flavor) -> NodeSet {
+        NodeSet::start_with(n, |_| Server::builder(flavor))
+    }
+
+    /// `n` servers from `builder(i)` for i in `0..n`, started in parallel, in order.
+    pub fn start_with(n: usize, builder: impl Fn(usize) -> ServerBuilder + Sync) -> NodeSet {
+        let builder = &builder;
+        let nodes = thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| s.spawn(move || builder(i).start()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        NodeSet { nodes }
+    }
+
+    /// One `redis://127.0.0.1:<port>` URL per node, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Server::url).collect()
+    }
+}

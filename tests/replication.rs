@@ -1,0 +1,176 @@
+//! Effects reach replicas: same holder, same fence, a deadline never earlier;
+//! replicas refuse writes; a promoted replica refuses a second holder.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use redis::Connection;
+use std::collections::HashMap;
+use std::time::Duration;
+use testkit::{eventually, Server};
+
+fn acquire(conn: &mut Connection, key: &str, token: &str, ttl: u64) -> Option<i64> {
+    redis::cmd("LOCK.ACQUIRE")
+        .arg(key)
+        .arg(token)
+        .arg(ttl)
+        .query(conn)
+        .unwrap()
+}
+
+fn info(conn: &mut Connection, key: &str) -> Option<HashMap<String, i64>> {
+    let v: redis::Value = redis::cmd("LOCK.INFO").arg(key).query(conn).unwrap();
+    testkit::lock_info_fields(&v)
+}
+
+fn owner(conn: &mut Connection, key: &str) -> Option<String> {
+    let v: redis::Value = redis::cmd("LOCK.INFO").arg(key).query(conn).unwrap();
+    testkit::lock_info_owner(&v)
+}
+
+fn wait_replicated(primary: &mut Connection) {
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(5_000).query(primary).unwrap();
+    assert_eq!(acked, 1, "the replica acknowledged the writes");
+}
+
+fn digest(conn: &mut Connection) -> String {
+    redis::cmd("DEBUG").arg("DIGEST").query(conn).unwrap()
+}
+
+#[test]
+fn a_replica_ends_with_the_same_locks_and_digest() {
+    for flavor in testkit::flavors() {
+        let primary = Server::start(flavor);
+        // Some state before the replica attaches travels by full sync (RDB),
+        // the rest by the command stream.
+        let mut p = primary.conn();
+        let early = acquire(&mut p, "early", "tok-early", 600_000).unwrap();
+        let replica = Server::builder(flavor).replica_of(&primary).start();
+        replica.wait_replica_synced(Duration::from_secs(10));
+        let mut r = replica.conn();
+        let mut fences = vec![("early".to_string(), early)];
+        for i in 0..30 {
+            let key = format!("k{i}");
+            fences.push((
+                key.clone(),
+                acquire(&mut p, &key, &format!("t{i}"), 600_000).unwrap(),
+            ));
+        }
+        let _: i64 = redis::cmd("LOCK.EXTEND")
+            .arg("k1")
+            .arg("t1")
+            .arg(900_000)
+            .query(&mut p)
+            .unwrap();
+        let _: i64 = redis::cmd("LOCK.RELEASE")
+            .arg("k2")
+            .arg("t2")
+            .query(&mut p)
+            .unwrap();
+        wait_replicated(&mut p);
+        for (key, fence) in &fences {
+            if key == "k2" {
+                assert_eq!(info(&mut r, key), None, "{flavor}: release replicated");
+                continue;
+            }
+            let on_primary = info(&mut p, key).unwrap();
+            let on_replica =
+                info(&mut r, key).unwrap_or_else(|| panic!("{flavor}: {key} missing on replica"));
+            assert_eq!(on_replica["fence"], *fence, "{flavor}: {key}");
+            assert_eq!(on_replica["extensions"], on_primary["extensions"]);
+            assert_eq!(owner(&mut r, key), owner(&mut p, key));
+            // Read after the primary: a deadline that is never earlier.
+            assert!(
+                on_replica["ttl"] >= on_primary["ttl"] - 5,
+                "{flavor}: {key}: replica {on_replica:?} primary {on_primary:?}"
+            );
+        }
+        assert_eq!(digest(&mut p), digest(&mut r), "{flavor}: DEBUG DIGEST");
+        let err = redis::cmd("LOCK.ACQUIRE")
+            .arg("x")
+            .arg("t")
+            .arg(100)
+            .query::<redis::Value>(&mut r)
+            .unwrap_err();
+        assert!(
+            testkit::error_text(&err).starts_with("READONLY"),
+            "{flavor}: {err}"
+        );
+    }
+}
+
+#[test]
+fn expiry_on_the_primary_reaches_the_replica_as_a_delete() {
+    for flavor in testkit::flavors() {
+        let primary = Server::start(flavor);
+        let replica = Server::builder(flavor).replica_of(&primary).start();
+        replica.wait_replica_synced(Duration::from_secs(10));
+        let mut p = primary.conn();
+        let mut r = replica.conn();
+        acquire(&mut p, "short", "t", 100).unwrap();
+        wait_replicated(&mut p);
+        eventually(
+            Duration::from_secs(5),
+            "expired lock deleted on the replica",
+            || {
+                (redis::cmd("EXISTS")
+                    .arg("short")
+                    .query::<i64>(&mut r)
+                    .unwrap()
+                    == 0)
+                    .then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+fn a_promoted_replica_refuses_a_second_holder() {
+    for flavor in testkit::flavors() {
+        let mut primary = Server::start(flavor);
+        let replica = Server::builder(flavor).replica_of(&primary).start();
+        replica.wait_replica_synced(Duration::from_secs(10));
+        let mut p = primary.conn();
+        let fence = acquire(&mut p, "res", "first", 600_000).unwrap();
+        wait_replicated(&mut p);
+        primary.kill();
+        let mut r = replica.conn();
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query(&mut r)
+            .unwrap();
+        assert_eq!(
+            acquire(&mut r, "res", "second", 10_000),
+            None,
+            "{flavor}: the lock that replicated is held"
+        );
+        assert_eq!(
+            acquire(&mut r, "res", "first", 600_000),
+            Some(fence),
+            "{flavor}: by its holder"
+        );
+        let next = acquire(&mut r, "other", "x", 10_000).unwrap();
+        assert!(
+            next > fence,
+            "{flavor}: fences keep increasing after failover"
+        );
+        // The promoted node now expires locks itself.
+        acquire(&mut r, "short", "x", 100).unwrap();
+        eventually(
+            Duration::from_secs(5),
+            "promoted node expires locks",
+            || {
+                (redis::cmd("EXISTS")
+                    .arg("short")
+                    .query::<i64>(&mut r)
+                    .unwrap()
+                    == 0)
+                    .then_some(())
+            },
+        );
+    }
+}
