@@ -68,7 +68,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo "redis-lock module benchmark: $(redis-server --version | cut -d' ' -f3), $CLIENTS clients, $ROUNDS rounds (median)"
 for r in $(seq 1 "$ROUNDS"); do echo "  round $r/$ROUNDS..."; run_round; done
 
-printf '\n%-44s %12s %12s\n' "command" "ops/s P=1" "ops/s P=16"
+declare -A M
+for k in set lock lua rel del; do
+  M[$k,1]=$(echo "${R[$k,1]}" | median)
+  M[$k,16]=$(echo "${R[$k,16]}" | median)
+done
+printf '\n%-44s %12s %12s\n' "command (median ops/s)" "P=1" "P=16"
 for k in set lock lua rel del; do
   case $k in
     set) name="SET key tok NX PX 10000";;
@@ -77,11 +82,8 @@ for k in set lock lua rel del; do
     rel) name="LOCK.RELEASE on held keys";;
     del) name="EVALSHA compare-and-delete on held keys";;
   esac
-  M[$k,1]=$(echo "${R[$k,1]}" | median); M[$k,16]=$(echo "${R[$k,16]}" | median)
   printf '%-44s %12.0f %12.0f\n' "$name" "${M[$k,1]}" "${M[$k,16]}"
-done 2>/dev/null || true
-declare -A M
-for k in set lock lua rel del; do M[$k,1]=$(echo "${R[$k,1]}" | median); M[$k,16]=$(echo "${R[$k,16]}" | median); done
+done
 
 printf '\n%-44s %10s %10s\n' "ratio" "P=1" "P=16"
 printf '%-44s %10s %10s\n' "LOCK.ACQUIRE / SET NX PX (target >= 0.95)" "$(ratio "${M[lock,1]}" "${M[set,1]}")" "$(ratio "${M[lock,16]}" "${M[set,16]}")"

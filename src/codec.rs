@@ -19,7 +19,7 @@
 //! u16 owner length (1..=256), then the owner bytes
 //! ```
 
-use crate::lock::{Lock, Micros, MAX_FENCE, MAX_TOKEN_LEN};
+use crate::lock::{Lock, Micros, Token, MAX_FENCE, MAX_TOKEN_LEN};
 use std::fmt;
 
 /// The encoding written by this build. Also the module type's encoding
@@ -82,7 +82,7 @@ pub fn decode(bytes: &[u8], now: Micros) -> Result<Lock, DecodeError> {
     if fence == 0 || fence > MAX_FENCE {
         return Err(DecodeError::BadFence(fence));
     }
-    let owner = r.take(owner_len)?.to_vec();
+    let owner = Token::from_slice(r.take(owner_len)?);
     if !r.0.is_empty() {
         return Err(DecodeError::TrailingBytes);
     }
@@ -137,7 +137,7 @@ mod tests {
 
     fn sample() -> Lock {
         Lock {
-            owner: b"owner-token".to_vec(),
+            owner: b"owner-token"[..].into(),
             fence: 42,
             deadline: 10_000_000,
             acquired_at: 4_000_000,
@@ -172,7 +172,7 @@ mod tests {
     fn version_1_fixture_is_stable() {
         assert_eq!(hex(&encode(&sample(), 8_000_000)), FIXTURE_V1);
         let decoded = decode(&unhex(FIXTURE_V1), 100_000_000).unwrap();
-        assert_eq!(decoded.owner, b"owner-token");
+        assert_eq!(decoded.owner.as_slice(), b"owner-token");
         assert_eq!(decoded.fence, 42);
         assert_eq!(decoded.deadline, 102_000_000);
         assert_eq!(decoded.acquired_at, 96_000_000);
@@ -235,7 +235,7 @@ mod tests {
                       extensions: u64,
                       now in u64::MAX / 2..u64::MAX / 2 + 1_000_000) {
             let lock = Lock {
-                owner,
+                owner: owner.into(),
                 fence,
                 deadline: now + remaining,
                 acquired_at: now - held,

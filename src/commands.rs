@@ -1,11 +1,12 @@
 //! One thin function per command: parse, open the key, call the state
-//! machine, apply its change (store, replicate, index), reply.
+//! machine, apply its change (store, signal, replicate, index), reply.
 
 use crate::args::{self, ArgError};
 use crate::codec;
 use crate::datatype::LOCK_TYPE;
+use crate::ffi::{self, Request};
 use crate::lock::{self, Acquired, Change, Lock, Micros};
-use crate::{clock, ffi, node, sweeper};
+use crate::{clock, node, sweeper};
 use redis_module::key::RedisKeyWritable;
 use redis_module::redisvalue::RedisValueKey;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
@@ -23,84 +24,74 @@ fn arg_error(e: ArgError) -> RedisError {
     RedisError::String(format!("ERR {}", e.0))
 }
 
-fn slices(args: &[RedisString]) -> Vec<&[u8]> {
-    args.iter().map(RedisString::as_slice).collect()
+fn integer(v: u64) -> RedisValue {
+    RedisValue::Integer(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-fn key_name(args: &[RedisString]) -> Result<&RedisString, RedisError> {
-    args.get(1).ok_or(RedisError::WrongArity)
+/// An open lock key: its name, the key, and the lock stored in it.
+struct Slot<'a> {
+    name: RedisString,
+    key: RedisKeyWritable,
+    lock: Option<&'a mut Lock>,
 }
 
-fn ttl_micros(ttl_ms: u64) -> Micros {
-    ttl_ms.saturating_mul(1000)
+/// Open the request's key for writing; `WRONGTYPE` if it holds something
+/// other than a lock.
+fn open<'a>(ctx: &Context, req: &Request) -> Result<Slot<'a>, RedisError> {
+    let name = req.key(ctx).ok_or(RedisError::WrongArity)?;
+    let key = ctx.open_key_writable(&name);
+    let lock = key
+        .get_value::<Lock>(&LOCK_TYPE)
+        .map_err(|_| RedisError::WrongType)?;
+    Ok(Slot { name, key, lock })
 }
 
-/// The lock stored in `key`, `None` if the key is empty, `WRONGTYPE` if it
-/// holds something else.
-fn stored(key: &RedisKeyWritable) -> Result<Option<Lock>, RedisError> {
-    match key.get_value::<Lock>(&LOCK_TYPE) {
-        Ok(lock) => Ok(lock.cloned()),
-        Err(_) => Err(RedisError::WrongType),
+impl Slot<'_> {
+    fn current(&self) -> Option<&Lock> {
+        self.lock.as_deref()
     }
-}
 
-/// Apply a state-machine change to the key and replicate its effect:
-/// `LOCK.LOAD` with the encoded lock (a relative deadline, so a replica or an
-/// AOF replay ends up with a deadline that is never earlier), or `DEL`.
-fn apply(
-    ctx: &Context,
-    key: &RedisKeyWritable,
-    name: &RedisString,
-    change: Change,
-    now: Micros,
-) -> Result<(), RedisError> {
-    match change {
-        Change::Keep => Ok(()),
-        Change::Put(lock) => put(ctx, key, name, lock, now),
-        Change::Remove => {
-            sweeper::remove(ctx, key, name);
-            Ok(())
+    /// Apply a state-machine change and replicate its effect: `LOCK.LOAD`
+    /// with the encoded lock (time left, so a replica or an AOF replay ends
+    /// with a deadline that is never earlier), or `DEL`.
+    fn apply(self, ctx: &Context, change: Change, now: Micros) -> Result<(), RedisError> {
+        match change {
+            Change::Keep => Ok(()),
+            Change::Put(lock) => store(ctx, self, lock, now),
+            Change::Remove => {
+                sweeper::remove(ctx, &self.key, &self.name);
+                Ok(())
+            }
         }
     }
 }
 
-fn put(
-    ctx: &Context,
-    key: &RedisKeyWritable,
-    name: &RedisString,
-    lock: Lock,
-    now: Micros,
-) -> Result<(), RedisError> {
+fn store(ctx: &Context, slot: Slot, lock: Lock, now: Micros) -> Result<(), RedisError> {
     let payload = codec::encode(&lock, now);
     let deadline = lock.deadline;
-    key.set_value(&LOCK_TYPE, lock)
-        .map_err(|_| RedisError::WrongType)?;
-    ctx.replicate("LOCK.LOAD", &[name.as_slice(), payload.as_slice()]);
-    sweeper::track(ctx, ffi::selected_db(ctx), name.as_slice(), deadline);
+    match slot.lock {
+        Some(stored) => *stored = lock,
+        None => slot
+            .key
+            .set_value(&LOCK_TYPE, lock)
+            .map_err(|_| RedisError::WrongType)?,
+    }
+    ffi::signal_modified(ctx, &slot.name);
+    ffi::replicate_load(ctx, &slot.name, &payload);
+    sweeper::track(ctx, ffi::selected_db(ctx), slot.name.as_slice(), deadline);
     Ok(())
 }
 
 /// `LOCK.ACQUIRE key token ttl-ms`
-pub fn acquire(ctx: &Context, args: &[RedisString]) -> RedisResult {
-    let req = args::acquire(&slices(args), max_ttl_ms()).map_err(arg_error)?;
-    let name = key_name(args)?;
-    let key = ctx.open_key_writable(name);
-    let current = stored(&key)?;
+pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
+    let parsed = args::acquire(req.args, max_ttl_ms()).map_err(arg_error)?;
+    let slot = open(ctx, req)?;
     let now = clock::now();
-    let out = node::with(|n| {
-        lock::acquire(
-            current.as_ref(),
-            req.token,
-            ttl_micros(req.ttl_ms),
-            now,
-            &mut n.fences,
-        )
-    });
-    apply(ctx, &key, name, out.change, now)?;
+    let ttl = parsed.ttl_ms.saturating_mul(1000);
+    let out = node::with(|n| lock::acquire(slot.current(), parsed.token, ttl, now, &mut n.fences));
+    slot.apply(ctx, out.change, now)?;
     match out.reply {
-        Acquired::Granted(fence) => Ok(RedisValue::Integer(
-            i64::try_from(fence).unwrap_or(i64::MAX),
-        )),
+        Acquired::Granted(fence) => Ok(integer(fence)),
         Acquired::Taken => Ok(RedisValue::Null),
         Acquired::FencesExhausted => Err(RedisError::Str(
             "ERR the node's fencing counter is exhausted",
@@ -109,53 +100,52 @@ pub fn acquire(ctx: &Context, args: &[RedisString]) -> RedisResult {
 }
 
 /// `LOCK.EXTEND key token ttl-ms`
-pub fn extend(ctx: &Context, args: &[RedisString]) -> RedisResult {
-    let req = args::extend(&slices(args), max_ttl_ms()).map_err(arg_error)?;
-    let name = key_name(args)?;
-    let key = ctx.open_key_writable(name);
-    let current = stored(&key)?;
+pub fn extend(ctx: &Context, req: &Request) -> RedisResult {
+    let parsed = args::extend(req.args, max_ttl_ms()).map_err(arg_error)?;
+    let slot = open(ctx, req)?;
     let now = clock::now();
-    let out = lock::extend(current.as_ref(), req.token, ttl_micros(req.ttl_ms), now);
-    apply(ctx, &key, name, out.change, now)?;
+    let out = lock::extend(
+        slot.current(),
+        parsed.token,
+        parsed.ttl_ms.saturating_mul(1000),
+        now,
+    );
+    slot.apply(ctx, out.change, now)?;
     Ok(RedisValue::Integer(i64::from(out.reply)))
 }
 
 /// `LOCK.RELEASE key token`
-pub fn release(ctx: &Context, args: &[RedisString]) -> RedisResult {
-    let req = args::release(&slices(args)).map_err(arg_error)?;
-    let name = key_name(args)?;
-    let key = ctx.open_key_writable(name);
-    let current = stored(&key)?;
+pub fn release(ctx: &Context, req: &Request) -> RedisResult {
+    let parsed = args::release(req.args).map_err(arg_error)?;
+    let slot = open(ctx, req)?;
     let now = clock::now();
-    let out = lock::release(current.as_ref(), req.token, now);
-    apply(ctx, &key, name, out.change, now)?;
+    let out = lock::release(slot.current(), parsed.token, now);
+    slot.apply(ctx, out.change, now)?;
     Ok(RedisValue::Integer(i64::from(out.reply)))
 }
 
 /// `LOCK.INFO key`: read-only, so an ended lock that is still stored shows
 /// as free but is left for the sweeper.
-pub fn info(ctx: &Context, args: &[RedisString]) -> RedisResult {
-    args::info(&slices(args)).map_err(arg_error)?;
-    let name = key_name(args)?;
-    let key = ctx.open_key(name);
-    let current = match key.get_value::<Lock>(&LOCK_TYPE) {
-        Ok(lock) => lock.cloned(),
-        Err(_) => return Err(RedisError::WrongType),
-    };
-    let Some(view) = lock::view(current.as_ref(), clock::now()) else {
+pub fn info(ctx: &Context, req: &Request) -> RedisResult {
+    args::info(req.args).map_err(arg_error)?;
+    let name = req.key(ctx).ok_or(RedisError::WrongArity)?;
+    let key = ctx.open_key(&name);
+    let current = key
+        .get_value::<Lock>(&LOCK_TYPE)
+        .map_err(|_| RedisError::WrongType)?;
+    let Some(view) = lock::view(current, clock::now()) else {
         return Ok(RedisValue::Null);
     };
-    let int = |v: u64| RedisValue::Integer(i64::try_from(v).unwrap_or(i64::MAX));
     let fields = BTreeMap::from([
-        (RedisValueKey::String("ttl".into()), int(view.ttl_ms)),
-        (RedisValueKey::String("fence".into()), int(view.fence)),
+        (RedisValueKey::String("ttl".into()), integer(view.ttl_ms)),
+        (RedisValueKey::String("fence".into()), integer(view.fence)),
         (
             RedisValueKey::String("acquired".into()),
-            int(view.acquired_ms),
+            integer(view.acquired_ms),
         ),
         (
             RedisValueKey::String("extensions".into()),
-            int(view.extensions),
+            integer(view.extensions),
         ),
         (
             RedisValueKey::String("owner".into()),
@@ -167,15 +157,13 @@ pub fn info(ctx: &Context, args: &[RedisString]) -> RedisResult {
 
 /// `LOCK.LOAD key payload`: store a lock exactly as encoded. This is how the
 /// module's effects reach replicas and the AOF; it is not for applications.
-pub fn load(ctx: &Context, args: &[RedisString]) -> RedisResult {
-    let payload = args::load(&slices(args)).map_err(arg_error)?;
-    let name = key_name(args)?;
+pub fn load(ctx: &Context, req: &Request) -> RedisResult {
+    let payload = args::load(req.args).map_err(arg_error)?;
     let now = clock::now();
     let lock = codec::decode(payload, now)
         .map_err(|e| RedisError::String(format!("ERR invalid LOCK.LOAD payload: {e}")))?;
-    let key = ctx.open_key_writable(name);
-    stored(&key)?;
+    let slot = open(ctx, req)?;
     node::with(|n| n.fences.observe(lock.fence));
-    put(ctx, &key, name, lock, now)?;
+    store(ctx, slot, lock, now)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

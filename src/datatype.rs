@@ -92,7 +92,11 @@ unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
         // SAFETY: Redis passes a value of this type.
         unsafe { lock_ref(value) }.map_or(0, |lock| {
             std::mem::size_of::<Lock>()
-                + lock.owner.capacity()
+                + if lock.owner.spilled() {
+                    lock.owner.capacity()
+                } else {
+                    0
+                }
                 + crate::expiry::ExpiryIndex::entry_overhead(0)
         })
     })

@@ -7,8 +7,27 @@ use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
-/// What a command handler looks like: the whole argv, name first.
-pub type Handler = fn(&Context, &[RedisString]) -> RedisResult;
+/// A command's arguments as Redis passed them: byte slices for parsing, and
+/// the raw strings for opening the key and replicating.
+pub struct Request<'a> {
+    pub args: &'a [&'a [u8]],
+    argv: &'a [*mut raw::RedisModuleString],
+}
+
+impl Request<'_> {
+    /// The key (argument 1) as a Redis string.
+    pub fn key(&self, ctx: &Context) -> Option<RedisString> {
+        let key = *self.argv.get(1)?;
+        Some(RedisString::new(std::ptr::NonNull::new(ctx.get_raw()), key))
+    }
+}
+
+/// What a command handler looks like.
+pub type Handler = fn(&Context, &Request) -> RedisResult;
+
+/// Most commands have at most this many arguments: their slices live on the
+/// stack (the hot path allocates nothing for its arguments).
+const INLINE_ARGS: usize = 8;
 
 /// Run `f`, turning a panic into `fallback`. A panic must never unwind into
 /// Redis: since Rust 1.81 that aborts the server. The panic hook installed
@@ -26,14 +45,71 @@ pub fn run_command(
 ) -> c_int {
     let context = Context::new(ctx);
     let result = guard(None, || {
-        let args = redis_module::decode_args(ctx, argv, argc);
-        Some(handler(&context, &args))
+        let argv: &[*mut raw::RedisModuleString] = match usize::try_from(argc) {
+            // SAFETY: Redis passes argc valid strings in argv for this call.
+            Ok(n) if !argv.is_null() => unsafe { std::slice::from_raw_parts(argv, n) },
+            _ => &[],
+        };
+        let mut inline: [&[u8]; INLINE_ARGS] = [&[]; INLINE_ARGS];
+        let spilled: Vec<&[u8]>;
+        let args: &[&[u8]] = if argv.len() <= INLINE_ARGS {
+            for (slot, arg) in inline.iter_mut().zip(argv) {
+                // SAFETY: each argv entry is a valid string for this call.
+                *slot = unsafe { string_bytes(*arg) };
+            }
+            inline.get(..argv.len()).unwrap_or(&[])
+        } else {
+            // SAFETY: as above.
+            spilled = argv.iter().map(|a| unsafe { string_bytes(*a) }).collect();
+            &spilled
+        };
+        Some(handler(&context, &Request { args, argv }))
     });
     match result {
         Some(reply) => context.reply(reply) as c_int,
         None => context
             .reply_error_string("ERR internal error in the lock module, see the server log")
             as c_int,
+    }
+}
+
+/// Replicate `DEL key` (to replicas and the AOF).
+pub fn replicate_del(ctx: &Context, key: &RedisString) {
+    // SAFETY: format "s" takes one RedisModuleString*, valid for this call.
+    unsafe {
+        if let Some(f) = raw::RedisModule_Replicate {
+            f(ctx.get_raw(), c"DEL".as_ptr(), c"s".as_ptr(), key.inner);
+        }
+    }
+}
+
+/// Replicate `LOCK.LOAD key payload`.
+pub fn replicate_load(ctx: &Context, key: &RedisString, payload: &[u8]) {
+    // SAFETY: format "sb" takes a RedisModuleString* then a buffer pointer
+    // and its length, all valid for this call.
+    unsafe {
+        if let Some(f) = raw::RedisModule_Replicate {
+            f(
+                ctx.get_raw(),
+                c"LOCK.LOAD".as_ptr(),
+                c"sb".as_ptr(),
+                key.inner,
+                payload.as_ptr().cast::<c_char>(),
+                payload.len(),
+            );
+        }
+    }
+}
+
+/// Tell Redis the key changed (WATCH, client-side caching). The module sets
+/// `NO_IMPLICIT_SIGNAL_MODIFIED`, so a refused acquire does not touch
+/// watchers of a lock it did not change.
+pub fn signal_modified(ctx: &Context, key: &RedisString) {
+    // SAFETY: a valid context and key string for this call.
+    unsafe {
+        if let Some(f) = raw::RedisModule_SignalModifiedKey {
+            f(ctx.get_raw(), key.inner);
+        }
     }
 }
 
@@ -173,13 +249,16 @@ pub fn server_wall_ms() -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
-/// Ask Redis to report RDB read errors to `rdb_load` instead of exiting, so
-/// a corrupt `RESTORE` payload is an error reply, not a crash.
-pub fn handle_io_errors(ctx: *mut raw::RedisModuleCtx) {
+/// Ask Redis to report RDB read errors to `rdb_load` instead of exiting (a
+/// corrupt `RESTORE` payload is an error reply, not a crash), and to leave
+/// signalling modified keys to the module.
+pub fn set_module_options(ctx: *mut raw::RedisModuleCtx) {
+    let options = raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS
+        | raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED;
     // SAFETY: the OnLoad context.
     unsafe {
         if let Some(f) = raw::RedisModule_SetModuleOptions {
-            f(ctx, raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int);
+            f(ctx, options as c_int);
         }
     }
 }

@@ -107,7 +107,7 @@ mod module {
             logging::log_warning(format!("lock: internal error (bug): {info}"));
         }));
         let raw_ctx = ctx.get_raw();
-        ffi::handle_io_errors(raw_ctx);
+        ffi::set_module_options(raw_ctx);
         // Start the fencing counter at the wall clock in microseconds: a node
         // that lost its data resumes above every token it handed out before,
         // unless its clock went backwards. Persisted counters raise it further.

@@ -6,9 +6,15 @@
 //! glue in `commands.rs` applies the change, replicates it and replies.
 
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 /// Microseconds on the module's monotonic clock (see `clock.rs`).
 pub type Micros = u64;
+
+/// A holder's token. Tokens up to 40 bytes (a 20-byte random token in hex)
+/// are stored inline in the lock, so checking the owner touches one
+/// allocation, not two.
+pub type Token = SmallVec<[u8; 40]>;
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 256;
@@ -17,7 +23,7 @@ pub const MAX_TOKEN_LEN: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lock {
     /// The holder's token: the capability to extend and release. Never printed.
-    pub owner: Vec<u8>,
+    pub owner: Token,
     /// The fencing token handed out with this grant.
     pub fence: u64,
     /// The lock is held while `now < deadline`.
@@ -34,7 +40,7 @@ impl Lock {
     }
 
     pub fn is_held_by(&self, token: &[u8], now: Micros) -> bool {
-        self.is_live(now) && self.owner == token
+        self.is_live(now) && self.owner.as_slice() == token
     }
 
     pub fn remaining(&self, now: Micros) -> Micros {
@@ -135,7 +141,7 @@ pub fn acquire(
             Some(fence) => Outcome {
                 reply: Acquired::Granted(fence),
                 change: Change::Put(Lock {
-                    owner: token.to_vec(),
+                    owner: Token::from_slice(token),
                     fence,
                     deadline,
                     acquired_at: now,

@@ -83,7 +83,8 @@ fn sweep(ctx: &Context) {
 /// Delete a lock's key and replicate the deletion.
 pub fn remove(ctx: &Context, key: &redis_module::key::RedisKeyWritable, name: &RedisString) {
     if key.delete().is_ok() {
-        ctx.replicate("DEL", &[name]);
+        ffi::signal_modified(ctx, name);
+        ffi::replicate_del(ctx, name);
     }
 }
 

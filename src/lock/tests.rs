@@ -16,7 +16,7 @@ const B: &[u8] = b"token-b";
 
 fn held(owner: &[u8], fence: u64, deadline: Micros) -> Lock {
     Lock {
-        owner: owner.to_vec(),
+        owner: owner.into(),
         fence,
         deadline,
         acquired_at: 100,
@@ -89,7 +89,7 @@ fn acquire_table() {
         match (&out.change, case.deadline) {
             (Change::Put(lock), Some(deadline)) => {
                 assert_eq!(lock.deadline, deadline, "{}", case.name);
-                assert_eq!(lock.owner, case.token, "{}", case.name);
+                assert_eq!(lock.owner.as_slice(), case.token, "{}", case.name);
             }
             (Change::Keep, None) => {}
             (change, _) => panic!("{}: unexpected change {change:?}", case.name),
@@ -210,7 +210,7 @@ fn release_table() {
 #[test]
 fn view_rounds_ttl_up_and_hides_the_token() {
     let lock = Lock {
-        owner: b"secret".to_vec(),
+        owner: b"secret"[..].into(),
         fence: 9,
         deadline: 10_001,
         acquired_at: 1_000,
