@@ -2,7 +2,7 @@
 //! slices, returns the Redis error message (without the `ERR ` prefix) that
 //! names the argument at fault.
 
-use crate::lock::MAX_TOKEN_LEN;
+use crate::lock::{MAX_FENCE, MAX_TOKEN_LEN};
 
 /// Largest `lock.max-ttl-ms` accepted: ten years. Keeps `ttl * 1000` and
 /// `now + ttl` far from overflow.
@@ -17,11 +17,25 @@ impl ArgError {
     }
 }
 
-/// `LOCK.ACQUIRE key token ttl-ms`
+/// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms]`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcquireReq<'a> {
     pub token: &'a [u8],
     pub ttl_ms: u64,
+    /// `FENCE floor`: 0 when absent.
+    pub fence_floor: u64,
+    /// The hold limit of a new grant: the smaller of `MAXHOLD` and the
+    /// `lock.max-hold-ms` setting (0: none).
+    pub max_hold_ms: Option<u64>,
+}
+
+/// Node settings that bound what a request may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `lock.max-ttl-ms`
+    pub max_ttl_ms: i64,
+    /// `lock.max-hold-ms`, 0: no bound.
+    pub max_hold_ms: i64,
 }
 
 /// `LOCK.EXTEND key token ttl-ms`
@@ -38,20 +52,66 @@ pub struct ReleaseReq<'a> {
 }
 
 /// `args` is the whole command line, name first, key second.
-pub fn acquire<'a>(args: &[&'a [u8]], max_ttl_ms: i64) -> Result<AcquireReq<'a>, ArgError> {
+pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, ArgError> {
     const NAME: &str = "lock.acquire";
     let [_, _key, token, ttl, options @ ..] = args else {
         return Err(ArgError::arity(NAME));
     };
-    if let Some(option) = options.first() {
+    let token = token_arg(token)?;
+    let ttl_ms = ttl_arg(ttl, limits.max_ttl_ms)?;
+    let mut fence_floor = 0;
+    let mut max_hold_option = None;
+    let mut options = options;
+    while let [name, rest @ ..] = options {
+        let Some((value, rest)) = rest.split_first() else {
+            return Err(ArgError(format!(
+                "option '{}' needs a value, or is unknown for '{NAME}'",
+                printable(name)
+            )));
+        };
+        if name.eq_ignore_ascii_case(b"FENCE") {
+            fence_floor = match parse_i64(value) {
+                Some(n) if n >= 1 => n.unsigned_abs().min(MAX_FENCE),
+                _ => {
+                    return Err(ArgError(format!(
+                        "invalid FENCE '{}': must be an integer from 1 to {MAX_FENCE}",
+                        printable(value)
+                    )))
+                }
+            };
+        } else if name.eq_ignore_ascii_case(b"MAXHOLD") {
+            max_hold_option = match parse_i64(value) {
+                Some(n) if (1..=TTL_CEILING_MS).contains(&n) => Some(n.unsigned_abs()),
+                _ => {
+                    return Err(ArgError(format!(
+                        "invalid MAXHOLD '{}': must be an integer from 1 to {TTL_CEILING_MS}",
+                        printable(value)
+                    )))
+                }
+            };
+        } else {
+            return Err(ArgError(format!(
+                "unknown option '{}' for '{NAME}'",
+                printable(name)
+            )));
+        }
+        options = rest;
+    }
+    let setting = u64::try_from(limits.max_hold_ms).ok().filter(|m| *m > 0);
+    let max_hold_ms = match (max_hold_option, setting) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(limit) = max_hold_ms.filter(|limit| ttl_ms > *limit) {
         return Err(ArgError(format!(
-            "unknown option '{}' for '{NAME}'",
-            printable(option)
+            "ttl-ms {ttl_ms} exceeds the hold limit of {limit} ms (MAXHOLD or lock.max-hold-ms)"
         )));
     }
     Ok(AcquireReq {
-        token: token_arg(token)?,
-        ttl_ms: ttl_arg(ttl, max_ttl_ms)?,
+        token,
+        ttl_ms,
+        fence_floor,
+        max_hold_ms,
     })
 }
 
@@ -148,16 +208,54 @@ mod tests {
         parts.iter().map(|p| p.as_bytes()).collect()
     }
 
+    const LIMITS: Limits = Limits {
+        max_ttl_ms: 86_400_000,
+        max_hold_ms: 0,
+    };
+
+    fn limits(max_ttl_ms: i64) -> Limits {
+        Limits {
+            max_ttl_ms,
+            ..LIMITS
+        }
+    }
+
     #[test]
     fn acquire_accepts_a_well_formed_request() {
         let args = argv(&["LOCK.ACQUIRE", "k", "tok", "1500"]);
         assert_eq!(
-            acquire(&args, 86_400_000),
+            acquire(&args, LIMITS),
             Ok(AcquireReq {
                 token: b"tok",
-                ttl_ms: 1500
+                ttl_ms: 1500,
+                fence_floor: 0,
+                max_hold_ms: None,
             })
         );
+    }
+
+    #[test]
+    fn acquire_options_in_any_order_and_case() {
+        let args = argv(&[
+            "LOCK.ACQUIRE",
+            "k",
+            "t",
+            "100",
+            "maxhold",
+            "5000",
+            "FENCE",
+            "77",
+        ]);
+        let req = acquire(&args, LIMITS).unwrap();
+        assert_eq!((req.fence_floor, req.max_hold_ms), (77, Some(5000)));
+        let setting = Limits {
+            max_hold_ms: 3000,
+            ..LIMITS
+        };
+        let req = acquire(&args, setting).unwrap();
+        assert_eq!(req.max_hold_ms, Some(3000), "the smaller bound wins");
+        let plain = argv(&["LOCK.ACQUIRE", "k", "t", "100"]);
+        assert_eq!(acquire(&plain, setting).unwrap().max_hold_ms, Some(3000));
     }
 
     #[test]
@@ -192,8 +290,32 @@ mod tests {
                 "invalid token: must be 1 to 256 bytes, got 0",
             ),
             (
-                &["LOCK.ACQUIRE", "k", "tok", "100", "NX"],
+                &["LOCK.ACQUIRE", "k", "tok", "100", "NX", "1"],
                 "unknown option 'NX' for 'lock.acquire'",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "100", "NX"],
+                "option 'NX' needs a value, or is unknown",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "100", "FENCE"],
+                "option 'FENCE' needs a value",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "100", "FENCE", "0"],
+                "invalid FENCE '0'",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "100", "FENCE", "x"],
+                "invalid FENCE 'x'",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "100", "MAXHOLD", "-1"],
+                "invalid MAXHOLD '-1'",
+            ),
+            (
+                &["LOCK.ACQUIRE", "k", "tok", "100", "MAXHOLD", "99"],
+                "ttl-ms 100 exceeds the hold limit of 99 ms",
             ),
             (
                 &["LOCK.EXTEND", "k", "tok"],
@@ -213,7 +335,7 @@ mod tests {
         for (args, expected) in cases {
             let args = argv(args);
             let err = match args[0] {
-                b"LOCK.ACQUIRE" => acquire(&args, max).map(|_| ()),
+                b"LOCK.ACQUIRE" => acquire(&args, limits(max)).map(|_| ()),
                 b"LOCK.EXTEND" => extend(&args, max).map(|_| ()),
                 _ => release(&args).map(|_| ()),
             }
@@ -234,9 +356,9 @@ mod tests {
     #[test]
     fn max_ttl_is_clamped_to_the_ceiling() {
         let args: [&[u8]; 4] = [b"LOCK.ACQUIRE", b"k", b"t", b"315360000001"];
-        assert!(acquire(&args, i64::MAX).is_err());
+        assert!(acquire(&args, limits(i64::MAX)).is_err());
         let args: [&[u8]; 4] = [b"LOCK.ACQUIRE", b"k", b"t", b"315360000000"];
-        assert!(acquire(&args, i64::MAX).is_ok());
+        assert!(acquire(&args, limits(i64::MAX)).is_ok());
     }
 
     #[test]

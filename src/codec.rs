@@ -9,24 +9,27 @@
 //! encoded, the decoded deadline can only come later than the original,
 //! never earlier.
 //!
-//! Version 1, all integers little-endian:
+//! Version 2 (written), all integers little-endian:
 //! ```text
-//! u8  version (= 1)
+//! u8  version (= 2)
 //! u64 fence
 //! u64 remaining   microseconds left at encoding
 //! u64 held        microseconds since the grant at encoding
 //! u64 extensions
+//! u64 hold left   microseconds until the hold limit (MAXHOLD); u64::MAX: none
 //! u16 owner length (1..=256), then the owner bytes
 //! ```
+//! Version 1 (read only) is the same without the hold-left field.
 
 use crate::lock::{Lock, Micros, Token, MAX_FENCE, MAX_TOKEN_LEN};
 use std::fmt;
 
 /// The encoding written by this build. Also the module type's encoding
 /// version, so a server refuses RDB files from a newer module.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
-const HEADER_LEN: usize = 1 + 8 * 4 + 2;
+/// `hold left` of a lock without a hold limit.
+const NO_HOLD_LIMIT: u64 = u64::MAX;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -53,12 +56,16 @@ impl fmt::Display for DecodeError {
 
 pub fn encode(lock: &Lock, now: Micros) -> Vec<u8> {
     let owner = lock.owner.get(..MAX_TOKEN_LEN).unwrap_or(&lock.owner);
-    let mut out = Vec::with_capacity(HEADER_LEN + owner.len());
+    let hold_left = lock.hold_limit.map_or(NO_HOLD_LIMIT, |limit| {
+        limit.saturating_sub(now).min(NO_HOLD_LIMIT - 1)
+    });
+    let mut out = Vec::with_capacity(1 + 8 * 5 + 2 + owner.len());
     out.push(VERSION);
     out.extend_from_slice(&lock.fence.to_le_bytes());
     out.extend_from_slice(&lock.remaining(now).to_le_bytes());
     out.extend_from_slice(&lock.held_for(now).to_le_bytes());
     out.extend_from_slice(&lock.extensions.to_le_bytes());
+    out.extend_from_slice(&hold_left.to_le_bytes());
     // The owner is at most 256 bytes (checked on input), so this never truncates.
     out.extend_from_slice(&(owner.len() as u16).to_le_bytes());
     out.extend_from_slice(owner);
@@ -67,14 +74,19 @@ pub fn encode(lock: &Lock, now: Micros) -> Vec<u8> {
 
 pub fn decode(bytes: &[u8], now: Micros) -> Result<Lock, DecodeError> {
     let mut r = Reader(bytes);
-    match r.u8()? {
-        1 => {}
-        v => return Err(DecodeError::UnknownVersion(v)),
+    let version = r.u8()?;
+    if !(1..=VERSION).contains(&version) {
+        return Err(DecodeError::UnknownVersion(version));
     }
     let fence = r.u64()?;
     let remaining = r.u64()?;
     let held = r.u64()?;
     let extensions = r.u64()?;
+    let hold_left = if version >= 2 {
+        r.u64()?
+    } else {
+        NO_HOLD_LIMIT
+    };
     let owner_len = usize::from(r.u16()?);
     if owner_len == 0 || owner_len > MAX_TOKEN_LEN {
         return Err(DecodeError::BadOwnerLength(owner_len));
@@ -92,6 +104,7 @@ pub fn decode(bytes: &[u8], now: Micros) -> Result<Lock, DecodeError> {
         deadline: now.saturating_add(remaining),
         acquired_at: now.saturating_sub(held),
         extensions,
+        hold_limit: (hold_left != NO_HOLD_LIMIT).then(|| now.saturating_add(hold_left)),
     })
 }
 
@@ -142,11 +155,26 @@ mod tests {
             deadline: 10_000_000,
             acquired_at: 4_000_000,
             extensions: 3,
+            hold_limit: Some(18_000_000),
         }
     }
 
-    /// The committed fixture of version 1: changing the encoding without a
-    /// new version breaks this test.
+    const HEADER_LEN_V1: usize = 1 + 8 * 4 + 2;
+    const HEADER_LEN: usize = 1 + 8 * 5 + 2;
+
+    /// The committed fixtures, one per version: changing an encoding
+    /// without a new version breaks these tests, and every version ever
+    /// written must still decode.
+    const FIXTURE_V2: &str = concat!(
+        "02",               // version
+        "2a00000000000000", // fence 42
+        "80841e0000000000", // 2 s left
+        "00093d0000000000", // held 4 s
+        "0300000000000000", // 3 extensions
+        "8096980000000000", // 10 s until the hold limit
+        "0b00",             // owner length 11
+        "6f776e65722d746f6b656e",
+    );
     const FIXTURE_V1: &str = concat!(
         "01",               // version
         "2a00000000000000", // fence 42
@@ -169,14 +197,30 @@ mod tests {
     }
 
     #[test]
-    fn version_1_fixture_is_stable() {
-        assert_eq!(hex(&encode(&sample(), 8_000_000)), FIXTURE_V1);
+    fn version_2_fixture_is_stable() {
+        assert_eq!(hex(&encode(&sample(), 8_000_000)), FIXTURE_V2);
+        let decoded = decode(&unhex(FIXTURE_V2), 100_000_000).unwrap();
+        assert_eq!(decoded.owner.as_slice(), b"owner-token");
+        assert_eq!(decoded.fence, 42);
+        assert_eq!(decoded.deadline, 102_000_000);
+        assert_eq!(decoded.acquired_at, 96_000_000);
+        assert_eq!(decoded.extensions, 3);
+        assert_eq!(decoded.hold_limit, Some(110_000_000));
+    }
+
+    #[test]
+    fn version_1_fixture_still_decodes() {
         let decoded = decode(&unhex(FIXTURE_V1), 100_000_000).unwrap();
         assert_eq!(decoded.owner.as_slice(), b"owner-token");
         assert_eq!(decoded.fence, 42);
         assert_eq!(decoded.deadline, 102_000_000);
         assert_eq!(decoded.acquired_at, 96_000_000);
         assert_eq!(decoded.extensions, 3);
+        assert_eq!(decoded.hold_limit, None);
+        let mut no_limit = sample();
+        no_limit.hold_limit = None;
+        let again = decode(&encode(&no_limit, 8_000_000), 8_000_000).unwrap();
+        assert_eq!(again.hold_limit, None);
     }
 
     #[test]
@@ -197,9 +241,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_payloads() {
-        let good = unhex(FIXTURE_V1);
+        for (fixture, header) in [(FIXTURE_V1, HEADER_LEN_V1), (FIXTURE_V2, HEADER_LEN)] {
+            rejects_bad_variants_of(&unhex(fixture), header);
+        }
         assert_eq!(decode(&[], 0), Err(DecodeError::Empty));
-        assert_eq!(decode(&[2], 0), Err(DecodeError::UnknownVersion(2)));
+        assert_eq!(decode(&[3], 0), Err(DecodeError::UnknownVersion(3)));
+        assert_eq!(decode(&[0], 0), Err(DecodeError::UnknownVersion(0)));
+    }
+
+    fn rejects_bad_variants_of(good: &[u8], header_len: usize) {
+        let good = good.to_vec();
         for cut in 1..good.len() {
             assert_eq!(
                 decode(&good[..cut], 0),
@@ -210,13 +261,13 @@ mod tests {
         let mut long = good.clone();
         long.push(0);
         assert_eq!(decode(&long, 0), Err(DecodeError::TrailingBytes));
-        let mut zero_owner = good[..HEADER_LEN].to_vec();
-        zero_owner[HEADER_LEN - 2] = 0;
-        zero_owner[HEADER_LEN - 1] = 0;
+        let mut zero_owner = good[..header_len].to_vec();
+        zero_owner[header_len - 2] = 0;
+        zero_owner[header_len - 1] = 0;
         assert_eq!(decode(&zero_owner, 0), Err(DecodeError::BadOwnerLength(0)));
         let mut huge_owner = good.clone();
-        huge_owner[HEADER_LEN - 2] = 0x01;
-        huge_owner[HEADER_LEN - 1] = 0x01;
+        huge_owner[header_len - 2] = 0x01;
+        huge_owner[header_len - 1] = 0x01;
         assert_eq!(
             decode(&huge_owner, 0),
             Err(DecodeError::BadOwnerLength(257))
@@ -233,6 +284,7 @@ mod tests {
                       remaining in 0..u64::MAX / 4,
                       held in 0..u64::MAX / 4,
                       extensions: u64,
+                      hold in proptest::option::of(0..u64::MAX / 4),
                       now in u64::MAX / 2..u64::MAX / 2 + 1_000_000) {
             let lock = Lock {
                 owner: owner.into(),
@@ -240,6 +292,7 @@ mod tests {
                 deadline: now + remaining,
                 acquired_at: now - held,
                 extensions,
+                hold_limit: hold.map(|h| now + h),
             };
             prop_assert_eq!(decode(&encode(&lock, now), now), Ok(lock));
         }

@@ -5,7 +5,8 @@ use crate::args::{self, ArgError};
 use crate::codec;
 use crate::datatype::LOCK_TYPE;
 use crate::ffi::{self, Request};
-use crate::lock::{self, Acquired, Change, Lock, Micros};
+use crate::lock::{self, AcquireRequest, Acquired, Change, Lock, Micros};
+use crate::stats::{self, bump};
 use crate::{clock, node, sweeper};
 use redis_module::key::RedisKeyWritable;
 use redis_module::redisvalue::RedisValueKey;
@@ -16,8 +17,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// `lock.max-ttl-ms`: the longest lease a client may ask for.
 pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
 
+/// `lock.max-hold-ms`: the longest a grant may be held, extensions
+/// included, unless `MAXHOLD` asks for less. 0: no bound.
+pub static MAX_HOLD_MS: AtomicI64 = AtomicI64::new(0);
+
 fn max_ttl_ms() -> i64 {
     MAX_TTL_MS.load(Ordering::Relaxed)
+}
+
+fn limits() -> args::Limits {
+    args::Limits {
+        max_ttl_ms: max_ttl_ms(),
+        max_hold_ms: MAX_HOLD_MS.load(Ordering::Relaxed),
+    }
 }
 
 fn arg_error(e: ArgError) -> RedisError {
@@ -54,45 +66,83 @@ impl Slot<'_> {
     /// Apply a state-machine change and replicate its effect: `LOCK.LOAD`
     /// with the encoded lock (time left, so a replica or an AOF replay ends
     /// with a deadline that is never earlier), or `DEL`.
-    fn apply(self, ctx: &Context, change: Change, now: Micros) -> Result<(), RedisError> {
-        match change {
-            Change::Keep => Ok(()),
-            Change::Put(lock) => store(ctx, self, lock, now),
+    fn apply<R>(
+        self,
+        ctx: &Context,
+        out: lock::Outcome<R>,
+        now: Micros,
+        event: &'static std::ffi::CStr,
+    ) -> Result<R, RedisError> {
+        if out.ended {
+            bump(&stats::EXPIRED);
+        }
+        match out.change {
+            Change::Keep => {}
+            Change::Put(lock) => {
+                let name = store(ctx, self, lock, now)?;
+                ffi::notify(ctx, event, &name);
+            }
             Change::Remove => {
                 sweeper::remove(ctx, &self.key, &self.name);
-                Ok(())
+                let event = if out.ended { c"lock.expired" } else { event };
+                ffi::notify(ctx, event, &self.name);
             }
         }
+        Ok(out.reply)
     }
 }
 
-fn store(ctx: &Context, slot: Slot, lock: Lock, now: Micros) -> Result<(), RedisError> {
+/// Store a lock in the slot's key; returns the key's name.
+fn store(ctx: &Context, slot: Slot, lock: Lock, now: Micros) -> Result<RedisString, RedisError> {
     let payload = codec::encode(&lock, now);
     let deadline = lock.deadline;
     match slot.lock {
         Some(stored) => *stored = lock,
-        None => slot
-            .key
-            .set_value(&LOCK_TYPE, lock)
-            .map_err(|_| RedisError::WrongType)?,
+        None => {
+            slot.key
+                .set_value(&LOCK_TYPE, lock)
+                .map_err(|_| RedisError::WrongType)?;
+            stats::LOCKS.fetch_add(1, Ordering::Relaxed);
+        }
     }
     ffi::signal_modified(ctx, &slot.name);
     ffi::replicate_load(ctx, &slot.name, &payload);
     sweeper::track(ctx, ffi::selected_db(ctx), slot.name.as_slice(), deadline);
-    Ok(())
+    Ok(slot.name)
 }
 
-/// `LOCK.ACQUIRE key token ttl-ms`
+/// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms]`
 pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
-    let parsed = args::acquire(req.args, max_ttl_ms()).map_err(arg_error)?;
+    let parsed = args::acquire(req.args, limits()).map_err(arg_error)?;
     let slot = open(ctx, req)?;
     let now = clock::now();
-    let ttl = parsed.ttl_ms.saturating_mul(1000);
-    let out = node::with(|n| lock::acquire(slot.current(), parsed.token, ttl, now, &mut n.fences));
-    slot.apply(ctx, out.change, now)?;
-    match out.reply {
-        Acquired::Granted(fence) => Ok(integer(fence)),
-        Acquired::Taken => Ok(RedisValue::Null),
+    let request = AcquireRequest {
+        token: parsed.token,
+        ttl: parsed.ttl_ms.saturating_mul(1000),
+        fence_floor: parsed.fence_floor,
+        max_hold: parsed.max_hold_ms.map(|ms| ms.saturating_mul(1000)),
+    };
+    let refresh = slot
+        .current()
+        .is_some_and(|l| l.is_held_by(parsed.token, now));
+    let out = node::with(|n| lock::acquire(slot.current(), &request, now, &mut n.fences));
+    match slot.apply(ctx, out, now, c"lock.acquired")? {
+        Acquired::Granted(fence) => {
+            bump(if refresh {
+                &stats::REACQUISITIONS
+            } else {
+                &stats::ACQUISITIONS
+            });
+            Ok(integer(fence))
+        }
+        Acquired::Taken => {
+            bump(&stats::CONTENDED);
+            Ok(RedisValue::Null)
+        }
+        Acquired::HoldLimit => {
+            bump(&stats::HOLD_LIMIT_REFUSALS);
+            Ok(RedisValue::Null)
+        }
         Acquired::FencesExhausted => Err(RedisError::Str(
             "ERR the node's fencing counter is exhausted",
         )),
@@ -104,14 +154,18 @@ pub fn extend(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::extend(req.args, max_ttl_ms()).map_err(arg_error)?;
     let slot = open(ctx, req)?;
     let now = clock::now();
-    let out = lock::extend(
-        slot.current(),
-        parsed.token,
-        parsed.ttl_ms.saturating_mul(1000),
-        now,
-    );
-    slot.apply(ctx, out.change, now)?;
-    Ok(RedisValue::Integer(i64::from(out.reply)))
+    let held = slot
+        .current()
+        .is_some_and(|l| l.is_held_by(parsed.token, now));
+    let ttl = parsed.ttl_ms.saturating_mul(1000);
+    let out = lock::extend(slot.current(), parsed.token, ttl, now);
+    let extended = slot.apply(ctx, out, now, c"lock.extended")?;
+    bump(match (extended, held) {
+        (true, _) => &stats::EXTENSIONS,
+        (false, true) => &stats::HOLD_LIMIT_REFUSALS,
+        (false, false) => &stats::EXTENSIONS_REFUSED,
+    });
+    Ok(RedisValue::Integer(i64::from(extended)))
 }
 
 /// `LOCK.RELEASE key token`
@@ -119,9 +173,17 @@ pub fn release(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::release(req.args).map_err(arg_error)?;
     let slot = open(ctx, req)?;
     let now = clock::now();
+    let held_by_other = slot
+        .current()
+        .is_some_and(|l| l.is_live(now) && l.owner.as_slice() != parsed.token);
     let out = lock::release(slot.current(), parsed.token, now);
-    slot.apply(ctx, out.change, now)?;
-    Ok(RedisValue::Integer(i64::from(out.reply)))
+    let released = slot.apply(ctx, out, now, c"lock.released")?;
+    if released {
+        bump(&stats::RELEASES);
+    } else if held_by_other {
+        bump(&stats::RELEASES_WRONG_TOKEN);
+    }
+    Ok(RedisValue::Integer(i64::from(released)))
 }
 
 /// `LOCK.INFO key`: read-only, so an ended lock that is still stored shows
@@ -136,7 +198,7 @@ pub fn info(ctx: &Context, req: &Request) -> RedisResult {
     let Some(view) = lock::view(current, clock::now()) else {
         return Ok(RedisValue::Null);
     };
-    let fields = BTreeMap::from([
+    let mut fields = BTreeMap::from([
         (RedisValueKey::String("ttl".into()), integer(view.ttl_ms)),
         (RedisValueKey::String("fence".into()), integer(view.fence)),
         (
@@ -152,6 +214,9 @@ pub fn info(ctx: &Context, req: &Request) -> RedisResult {
             RedisValue::BulkString(view.owner),
         ),
     ]);
+    if let Some(left) = view.hold_left_ms {
+        fields.insert(RedisValueKey::String("maxhold".into()), integer(left));
+    }
     Ok(RedisValue::OrderedMap(fields))
 }
 
@@ -166,4 +231,21 @@ pub fn load(ctx: &Context, req: &Request) -> RedisResult {
     node::with(|n| n.fences.observe(lock.fence));
     store(ctx, slot, lock, now)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// `INFO lock`. (The plain field calls are marked deprecated in favour of a
+/// builder that allocates per field; they are what the builder calls.)
+#[allow(deprecated)]
+pub fn info_section(ctx: &redis_module::InfoContext) {
+    if ctx.add_info_section(None) != redis_module::Status::Ok {
+        return;
+    }
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    ctx.add_info_field_long_long("locks", stats::LOCKS.load(Ordering::Relaxed));
+    for (name, value) in stats::counters() {
+        ctx.add_info_field_long_long(&name.to_ascii_lowercase(), int(value));
+    }
+    let (fence, indexed) = node::with(|n| (n.fences.last(), n.index.len()));
+    ctx.add_info_field_long_long("fence_counter", int(fence));
+    ctx.add_info_field_long_long("expiry_index_entries", int(indexed as u64));
 }

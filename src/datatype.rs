@@ -3,11 +3,12 @@
 //! behind the panic barrier.
 
 use crate::lock::Lock;
-use crate::{clock, codec, ffi, node};
+use crate::{clock, codec, ffi, node, stats};
 use redis_module::native_types::RedisType;
 use redis_module::{logging, raw};
 use std::ffi::{c_int, c_void};
 use std::ptr;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// `TYPE key` replies `redislock` (type names are exactly 9 characters).
 pub static LOCK_TYPE: RedisType = RedisType::new(
@@ -55,6 +56,7 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
         match codec::decode(buffer.as_ref(), clock::now()) {
             Ok(lock) => {
                 node::with(|n| n.fences.observe(lock.fence));
+                stats::LOCKS.fetch_add(1, Relaxed);
                 Box::into_raw(Box::new(lock)).cast()
             }
             Err(e) => {
@@ -129,6 +131,7 @@ unsafe extern "C" fn free(value: *mut c_void) {
         if !value.is_null() {
             // SAFETY: the value was created by Box::into_raw in this module.
             drop(unsafe { Box::from_raw(value.cast::<Lock>()) });
+            stats::LOCKS.fetch_sub(1, Relaxed);
         }
     });
 }
@@ -141,7 +144,10 @@ unsafe extern "C" fn copy(
     ffi::guard(ptr::null_mut(), || {
         // SAFETY: Redis passes a value of this type.
         match unsafe { lock_ref(value) } {
-            Some(lock) => Box::into_raw(Box::new(lock.clone())).cast(),
+            Some(lock) => {
+                stats::LOCKS.fetch_add(1, Relaxed);
+                Box::into_raw(Box::new(lock.clone())).cast()
+            }
             None => ptr::null_mut(),
         }
     })

@@ -101,6 +101,22 @@ pub fn replicate_load(ctx: &Context, key: &RedisString, payload: &[u8]) {
     }
 }
 
+/// Fire a keyspace event of the module class (`notify-keyspace-events` flag
+/// `d`), e.g. `lock.acquired`.
+pub fn notify(ctx: &Context, event: &CStr, key: &RedisString) {
+    // SAFETY: a valid context, a NUL-terminated event name, a valid key.
+    unsafe {
+        if let Some(f) = raw::RedisModule_NotifyKeyspaceEvent {
+            f(
+                ctx.get_raw(),
+                raw::REDISMODULE_NOTIFY_MODULE,
+                event.as_ptr(),
+                key.inner,
+            );
+        }
+    }
+}
+
 /// Tell Redis the key changed (WATCH, client-side caching). The module sets
 /// `NO_IMPLICIT_SIGNAL_MODIFIED`, so a refused acquire does not touch
 /// watchers of a lock it did not change.
@@ -141,6 +157,19 @@ pub struct CommandSpec {
     pub key_flags: u32,
     pub summary: &'static CStr,
     pub complexity: &'static CStr,
+    /// ACL categories where the server supports them (Redis 7.2+, Valkey),
+    /// e.g. `c"lock write fast"`; Redis 7.0 has no way to set them.
+    pub acl: &'static CStr,
+}
+
+/// Add the module's ACL category `@lock` (Redis 7.4+, Valkey 8+). Returns
+/// whether it exists afterwards.
+pub fn add_acl_category(ctx: *mut raw::RedisModuleCtx) -> bool {
+    // SAFETY: the OnLoad context and a NUL-terminated name.
+    unsafe {
+        raw::RedisModule_AddACLCategory
+            .is_some_and(|f| f(ctx, c"lock".as_ptr()) == raw::Status::Ok as c_int)
+    }
 }
 
 const COMMAND_INFO_VERSION: raw::RedisModuleCommandInfoVersion =
@@ -222,6 +251,14 @@ pub fn register_command(ctx: *mut raw::RedisModuleCtx, spec: &CommandSpec) -> Re
     };
     if set != raw::Status::Ok as c_int {
         return Err(format!("failed to set the command info of {name}"));
+    }
+    // SAFETY: the command handle from above and a NUL-terminated string.
+    unsafe {
+        if let Some(f) = raw::RedisModule_SetCommandACLCategories {
+            if f(command, spec.acl.as_ptr()) != raw::Status::Ok as c_int {
+                return Err(format!("failed to set the ACL categories of {name}"));
+            }
+        }
     }
     Ok(())
 }

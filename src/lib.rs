@@ -33,25 +33,29 @@ mod ffi;
 #[cfg(all(feature = "module", not(test)))]
 mod node;
 #[cfg(all(feature = "module", not(test)))]
+mod resetstat;
+#[cfg(all(feature = "module", not(test)))]
+mod stats;
+#[cfg(all(feature = "module", not(test)))]
 mod sweeper;
 
 #[cfg(all(feature = "module", not(test)))]
 mod module {
     use crate::datatype::LOCK_TYPE;
     use crate::ffi::{self, CommandSpec};
-    use crate::{clock, command_entry, commands, node, sweeper};
+    use crate::{clock, command_entry, commands, node, resetstat, sweeper};
     use redis_module::configuration::ConfigurationFlags;
     use redis_module::{logging, raw, redis_module, Context, RedisString, Status};
 
     command_entry!(acquire_entry, commands::acquire);
     command_entry!(extend_entry, commands::extend);
     command_entry!(release_entry, commands::release);
-    command_entry!(info_entry, commands::info);
+    command_entry!(lock_info_entry, commands::info);
     command_entry!(load_entry, commands::load);
 
     const RW_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
 
-    fn command_specs() -> [CommandSpec; 5] {
+    fn command_specs(with_lock_category: bool) -> [CommandSpec; 5] {
         [
             CommandSpec {
                 name: c"lock.acquire",
@@ -59,8 +63,9 @@ mod module {
                 flags: c"write deny-oom",
                 arity: -4,
                 key_flags: RW_UPDATE,
-                summary: c"Takes a lock for a token for ttl-ms milliseconds; replies the fencing token, or nil if another token holds it",
+                summary: c"Takes a lock for a token for ttl-ms milliseconds (FENCE floor, MAXHOLD ms); replies the fencing token, or nil if another token holds it",
                 complexity: c"O(log N) where N is the number of locks on the node",
+                acl: if with_lock_category { c"lock write" } else { c"write" },
             },
             CommandSpec {
                 name: c"lock.extend",
@@ -70,6 +75,7 @@ mod module {
                 key_flags: RW_UPDATE,
                 summary: c"Moves the deadline of a lock the token holds to now + ttl-ms",
                 complexity: c"O(log N) where N is the number of locks on the node",
+                acl: if with_lock_category { c"lock write fast" } else { c"write fast" },
             },
             CommandSpec {
                 name: c"lock.release",
@@ -79,15 +85,17 @@ mod module {
                 key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
                 summary: c"Frees a lock the token holds",
                 complexity: c"O(1)",
+                acl: if with_lock_category { c"lock write fast" } else { c"write fast" },
             },
             CommandSpec {
                 name: c"lock.info",
-                entry: info_entry,
+                entry: lock_info_entry,
                 flags: c"readonly fast",
                 arity: 2,
                 key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
                 summary: c"Shows a held lock: ttl, fence, acquired, extensions, owner fingerprint",
                 complexity: c"O(1)",
+                acl: if with_lock_category { c"lock read fast" } else { c"read fast" },
             },
             CommandSpec {
                 name: c"lock.load",
@@ -97,6 +105,8 @@ mod module {
                 key_flags: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
                 summary: c"Stores an encoded lock; used by replication and the AOF, not by applications",
                 complexity: c"O(log N) where N is the number of locks on the node",
+                // Not in @lock: LOCK.LOAD can overwrite any lock.
+                acl: c"write",
             },
         ]
     }
@@ -112,7 +122,8 @@ mod module {
         // that lost its data resumes above every token it handed out before,
         // unless its clock went backwards. Persisted counters raise it further.
         node::with(|n| n.fences.observe(ffi::server_wall_ms().saturating_mul(1000)));
-        for spec in command_specs() {
+        let with_lock_category = ffi::add_acl_category(raw_ctx);
+        for spec in command_specs(with_lock_category) {
             if let Err(e) = ffi::register_command(raw_ctx, &spec) {
                 ctx.log_warning(&format!("lock: {e}"));
                 return Status::Err;
@@ -122,11 +133,19 @@ mod module {
         let subscribed =
             ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
                 .and_then(|()| ffi::subscribe_swapdb(raw_ctx, sweeper::on_swapdb));
-        if let Err(e) = subscribed {
+        if let Err(e) = subscribed.and_then(|()| resetstat::install(raw_ctx)) {
             ctx.log_warning(&format!("lock: {e}"));
             return Status::Err;
         }
+        // Replaces the crate's default INFO handler: this runs after it.
+        raw::register_info_function(raw_ctx, Some(info_entry));
         Status::Ok
+    }
+
+    extern "C" fn info_entry(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: i32) {
+        ffi::guard((), || {
+            commands::info_section(&redis_module::InfoContext::new(ctx))
+        });
     }
 
     redis_module! {
@@ -138,6 +157,7 @@ mod module {
         configurations: [
             i64: [
                 ["max-ttl-ms", &commands::MAX_TTL_MS, 86_400_000, 1, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
+                ["max-hold-ms", &commands::MAX_HOLD_MS, 0, 0, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
             ],
             string: [],
             bool: [],

@@ -32,6 +32,8 @@ pub struct Lock {
     pub acquired_at: Micros,
     /// How many times `LOCK.EXTEND` renewed this grant.
     pub extensions: u64,
+    /// The grant can never be held past this (`MAXHOLD`); `None`: no bound.
+    pub hold_limit: Option<Micros>,
 }
 
 impl Lock {
@@ -68,6 +70,9 @@ pub enum Change {
 pub struct Outcome<R> {
     pub reply: R,
     pub change: Change,
+    /// The operation found a lock whose deadline had passed (for the
+    /// "expired while held" count).
+    pub ended: bool,
 }
 
 /// The node-wide fencing counter: every new grant gets a value strictly
@@ -110,91 +115,118 @@ pub enum Acquired {
     Granted(u64),
     /// Another token holds the lock.
     Taken,
+    /// The holder asked to refresh its grant past the grant's hold limit.
+    HoldLimit,
     /// The node has handed out its last fencing token.
     FencesExhausted,
+}
+
+/// What `LOCK.ACQUIRE` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcquireRequest<'a> {
+    pub token: &'a [u8],
+    pub ttl: Micros,
+    /// Raise the grant's fencing token, and the node's counter, to at least
+    /// this (0: no floor). Used by the quorum client to make tokens
+    /// monotonic across nodes.
+    pub fence_floor: u64,
+    /// For a new grant: how long it may be held at most, extensions included.
+    pub max_hold: Option<Micros>,
 }
 
 /// `LOCK.ACQUIRE`: take a free or expired lock, or refresh our own.
 pub fn acquire(
     current: Option<&Lock>,
-    token: &[u8],
-    ttl: Micros,
+    req: &AcquireRequest,
     now: Micros,
     fences: &mut FenceCounter,
 ) -> Outcome<Acquired> {
-    let deadline = now.saturating_add(ttl);
-    match current {
-        Some(lock) if lock.is_held_by(token, now) => Outcome {
-            // A retry of our own grant (e.g. after a lost reply): same grant,
-            // same fence, fresh deadline.
-            reply: Acquired::Granted(lock.fence),
-            change: Change::Put(Lock {
-                deadline,
-                ..lock.clone()
-            }),
-        },
-        Some(lock) if lock.is_live(now) => Outcome {
-            reply: Acquired::Taken,
-            change: Change::Keep,
-        },
+    let deadline = now.saturating_add(req.ttl);
+    let ended = current.is_some_and(|lock| !lock.is_live(now));
+    let (reply, change) = match current {
+        Some(lock) if lock.is_held_by(req.token, now) => {
+            if lock.hold_limit.is_some_and(|limit| deadline > limit) {
+                (Acquired::HoldLimit, Change::Keep)
+            } else {
+                // A retry of our own grant (e.g. after a lost reply): same
+                // grant, fresh deadline, and the fence raised if asked.
+                let fence = lock.fence.max(req.fence_floor);
+                fences.observe(fence);
+                let lock = Lock {
+                    deadline,
+                    fence,
+                    ..lock.clone()
+                };
+                (Acquired::Granted(fence), Change::Put(lock))
+            }
+        }
+        Some(lock) if lock.is_live(now) => (Acquired::Taken, Change::Keep),
         _ => match fences.next_fence() {
-            Some(fence) => Outcome {
-                reply: Acquired::Granted(fence),
-                change: Change::Put(Lock {
-                    owner: Token::from_slice(token),
+            Some(next) => {
+                let fence = next.max(req.fence_floor);
+                fences.observe(fence);
+                let lock = Lock {
+                    owner: Token::from_slice(req.token),
                     fence,
                     deadline,
                     acquired_at: now,
                     extensions: 0,
-                }),
-            },
-            None => Outcome {
-                reply: Acquired::FencesExhausted,
-                change: Change::Keep,
-            },
+                    hold_limit: req.max_hold.map(|m| now.saturating_add(m)),
+                };
+                (Acquired::Granted(fence), Change::Put(lock))
+            }
+            None => (Acquired::FencesExhausted, Change::Keep),
         },
+    };
+    Outcome {
+        reply,
+        change,
+        ended,
     }
 }
 
 /// `LOCK.EXTEND`: move the deadline of a lock the token holds. An expired
-/// lock is not revived; it is removed.
+/// lock is not revived; it is removed. An extension past the grant's hold
+/// limit is refused (the lock keeps its current deadline).
 pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) -> Outcome<bool> {
-    match current {
-        Some(lock) if lock.is_held_by(token, now) => Outcome {
-            reply: true,
-            change: Change::Put(Lock {
-                deadline: now.saturating_add(ttl),
-                extensions: lock.extensions.saturating_add(1),
-                ..lock.clone()
-            }),
-        },
-        Some(lock) if !lock.is_live(now) => Outcome {
-            reply: false,
-            change: Change::Remove,
-        },
-        _ => Outcome {
-            reply: false,
-            change: Change::Keep,
-        },
+    let deadline = now.saturating_add(ttl);
+    let ended = current.is_some_and(|lock| !lock.is_live(now));
+    let (reply, change) = match current {
+        Some(lock) if lock.is_held_by(token, now) => {
+            if lock.hold_limit.is_some_and(|limit| deadline > limit) {
+                (false, Change::Keep)
+            } else {
+                let lock = Lock {
+                    deadline,
+                    extensions: lock.extensions.saturating_add(1),
+                    ..lock.clone()
+                };
+                (true, Change::Put(lock))
+            }
+        }
+        Some(_) if ended => (false, Change::Remove),
+        _ => (false, Change::Keep),
+    };
+    Outcome {
+        reply,
+        change,
+        ended,
     }
 }
 
 /// `LOCK.RELEASE`: free a lock the token holds. Releasing twice, or after
 /// expiry, is harmless.
 pub fn release(current: Option<&Lock>, token: &[u8], now: Micros) -> Outcome<bool> {
-    match current {
-        Some(lock) if lock.is_held_by(token, now) => Outcome {
-            reply: true,
-            change: Change::Remove,
-        },
-        Some(lock) if !lock.is_live(now) => Outcome {
-            reply: false,
-            change: Change::Remove,
-        },
-        _ => Outcome {
-            reply: false,
-            change: Change::Keep,
-        },
+    let ended = current.is_some_and(|lock| !lock.is_live(now));
+    let (reply, change) = match current {
+        Some(lock) if lock.is_held_by(token, now) => (true, Change::Remove),
+        Some(_) if ended => (false, Change::Remove),
+        _ => (false, Change::Keep),
+    };
+    Outcome {
+        reply,
+        change,
+        ended,
     }
 }
 
@@ -209,6 +241,8 @@ pub struct View {
     pub extensions: u64,
     /// Identifies the holder without revealing the token.
     pub owner: String,
+    /// Milliseconds until the grant's hold limit, rounded down, if it has one.
+    pub hold_left_ms: Option<u64>,
 }
 
 pub fn view(current: Option<&Lock>, now: Micros) -> Option<View> {
@@ -219,6 +253,9 @@ pub fn view(current: Option<&Lock>, now: Micros) -> Option<View> {
         acquired_ms: lock.held_for(now) / 1000,
         extensions: lock.extensions,
         owner: fingerprint(&lock.owner),
+        hold_left_ms: lock
+            .hold_limit
+            .map(|limit| limit.saturating_sub(now) / 1000),
     })
 }
 

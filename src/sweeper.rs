@@ -71,6 +71,8 @@ fn sweep(ctx: &Context) {
             node::with(|n| n.index.insert(deadline, entry.db, &entry.key));
         } else if may_delete {
             remove(ctx, &key, &name);
+            crate::stats::bump(&crate::stats::EXPIRED);
+            ffi::notify(ctx, c"lock.expired", &name);
         } else {
             node::with(|n| {
                 n.index

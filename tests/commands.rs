@@ -295,11 +295,23 @@ fn bad_input_gets_an_error_that_names_the_argument_and_changes_nothing() {
                 "ERR invalid token: must be 1 to 256 bytes, got 0",
             ),
             (
-                &[b"LOCK.ACQUIRE", b"k", b"t", b"100", b"BOGUS"],
+                &[b"LOCK.ACQUIRE", b"k", b"t", b"100", b"BOGUS", b"1"],
                 "ERR unknown option 'BOGUS' for 'lock.acquire'",
             ),
             (
-                &[b"LOCK.ACQUIRE", b"k", b"t", b"100", b"\x00\xff"],
+                &[b"LOCK.ACQUIRE", b"k", b"t", b"100", b"BOGUS"],
+                "ERR option 'BOGUS' needs a value, or is unknown for 'lock.acquire'",
+            ),
+            (
+                &[b"LOCK.ACQUIRE", b"k", b"t", b"100", b"FENCE", b"-3"],
+                "ERR invalid FENCE '-3'",
+            ),
+            (
+                &[b"LOCK.ACQUIRE", b"k", b"t", b"100", b"MAXHOLD", b"50"],
+                "ERR ttl-ms 100 exceeds the hold limit of 50 ms",
+            ),
+            (
+                &[b"LOCK.ACQUIRE", b"k", b"t", b"100", b"\x00\xff", b"1"],
                 "ERR unknown option '\\x00\\xff'",
             ),
             (&[b"LOCK.ACQUIRE", b"str", b"t", b"100"], "WRONGTYPE"),

@@ -21,6 +21,16 @@ fn held(owner: &[u8], fence: u64, deadline: Micros) -> Lock {
         deadline,
         acquired_at: 100,
         extensions: 0,
+        hold_limit: None,
+    }
+}
+
+fn req(token: &[u8], ttl: Micros) -> AcquireRequest<'_> {
+    AcquireRequest {
+        token,
+        ttl,
+        fence_floor: 0,
+        max_hold: None,
     }
 }
 
@@ -80,8 +90,7 @@ fn acquire_table() {
         let mut fences = FenceCounter::starting_at(7);
         let out = acquire(
             case.current.as_ref(),
-            case.token,
-            500,
+            &req(case.token, 500),
             case.now,
             &mut fences,
         );
@@ -102,7 +111,7 @@ fn a_new_grant_resets_acquisition_time_and_extensions() {
     let mut fences = FenceCounter::default();
     let mut old = held(A, 1, 10);
     old.extensions = 4;
-    let out = acquire(Some(&old), B, 100, 50, &mut fences);
+    let out = acquire(Some(&old), &req(B, 100), 50, &mut fences);
     let Change::Put(lock) = out.change else {
         panic!("expected a grant")
     };
@@ -114,7 +123,7 @@ fn re_acquire_keeps_acquisition_time_and_extensions() {
     let mut fences = FenceCounter::default();
     let mut old = held(A, 1, 1_000);
     old.extensions = 4;
-    let out = acquire(Some(&old), A, 100, 50, &mut fences);
+    let out = acquire(Some(&old), &req(A, 100), 50, &mut fences);
     assert_eq!(
         out.change,
         Change::Put(Lock {
@@ -122,7 +131,7 @@ fn re_acquire_keeps_acquisition_time_and_extensions() {
             ..old
         })
     );
-    assert_eq!(fences.last(), 0, "a refresh draws no fence");
+    assert_eq!(fences.last(), 1, "a refresh draws no new fence");
 }
 
 #[test]
@@ -215,6 +224,7 @@ fn view_rounds_ttl_up_and_hides_the_token() {
         deadline: 10_001,
         acquired_at: 1_000,
         extensions: 2,
+        hold_limit: Some(20_000),
     };
     let v = view(Some(&lock), 5_999).expect("live");
     assert_eq!(v.ttl_ms, 5, "4002 us left shows as 5 ms");
@@ -223,6 +233,7 @@ fn view_rounds_ttl_up_and_hides_the_token() {
     assert_eq!(v.owner.len(), 16);
     assert!(!v.owner.contains("secret"));
     assert_eq!(v.owner, fingerprint(b"secret"));
+    assert_eq!(v.hold_left_ms, Some(14));
     assert_ne!(v.owner, fingerprint(b"secreT"));
     assert_eq!(view(Some(&lock), 10_001), None, "expired shows as free");
     assert_eq!(view(None, 0), None);
@@ -233,7 +244,7 @@ fn fence_counter_stops_below_i64_max() {
     let mut fences = FenceCounter::starting_at(MAX_FENCE - 1);
     assert_eq!(fences.next_fence(), Some(MAX_FENCE));
     assert_eq!(fences.next_fence(), None);
-    let out = acquire(None, A, 10, 0, &mut fences);
+    let out = acquire(None, &req(A, 10), 0, &mut fences);
     assert_eq!(
         (out.reply, out.change),
         (Acquired::FencesExhausted, Change::Keep)
@@ -249,20 +260,140 @@ fn observe_only_raises() {
     assert_eq!(fences.next_fence(), Some(21));
 }
 
+#[test]
+fn a_fence_floor_raises_new_grants_refreshes_and_the_counter() {
+    let mut fences = FenceCounter::starting_at(10);
+    let floor = |token, fence_floor| AcquireRequest {
+        fence_floor,
+        ..req(token, 100)
+    };
+    let out = acquire(None, &floor(A, 50), 0, &mut fences);
+    assert_eq!(
+        out.reply,
+        Acquired::Granted(50),
+        "a new grant takes the floor"
+    );
+    assert_eq!(fences.last(), 50);
+    let Change::Put(lock) = out.change else {
+        panic!()
+    };
+    let out = acquire(Some(&lock), &floor(A, 70), 10, &mut fences);
+    assert_eq!(
+        out.reply,
+        Acquired::Granted(70),
+        "the holder raises its fence"
+    );
+    assert_eq!(fences.last(), 70);
+    let Change::Put(lock) = out.change else {
+        panic!()
+    };
+    let out = acquire(Some(&lock), &floor(A, 60), 20, &mut fences);
+    assert_eq!(
+        out.reply,
+        Acquired::Granted(70),
+        "a lower floor never lowers it"
+    );
+    let out = acquire(Some(&lock), &floor(B, 90), 20, &mut fences);
+    assert_eq!(
+        (out.reply, fences.last()),
+        (Acquired::Taken, 70),
+        "others raise nothing"
+    );
+    let out = acquire(None, &floor(B, 5), 20, &mut fences);
+    assert_eq!(
+        out.reply,
+        Acquired::Granted(71),
+        "a floor below the counter has no effect"
+    );
+}
+
+#[test]
+fn the_hold_limit_bounds_extensions_and_refreshes() {
+    let mut fences = FenceCounter::default();
+    let bounded = AcquireRequest {
+        max_hold: Some(1_000),
+        ..req(A, 400)
+    };
+    let out = acquire(None, &bounded, 0, &mut fences);
+    let Change::Put(lock) = out.change else {
+        panic!()
+    };
+    assert_eq!(lock.hold_limit, Some(1_000));
+    let out = extend(Some(&lock), A, 400, 300);
+    assert!(out.reply, "deadline 700 is within the limit");
+    let Change::Put(lock) = out.change else {
+        panic!()
+    };
+    let out = extend(Some(&lock), A, 400, 650);
+    assert_eq!(
+        (out.reply, out.change),
+        (false, Change::Keep),
+        "1050 is past the limit"
+    );
+    let out = acquire(Some(&lock), &req(A, 400), 650, &mut fences);
+    assert_eq!((out.reply, out.change), (Acquired::HoldLimit, Change::Keep));
+    assert!(
+        extend(Some(&lock), A, 350, 650).reply,
+        "up to the limit is fine"
+    );
+    assert_eq!(
+        view(Some(&lock), 650).map(|v| v.hold_left_ms),
+        Some(Some(0))
+    );
+}
+
+#[test]
+fn operations_report_finding_an_ended_lock() {
+    let mut fences = FenceCounter::default();
+    let old = held(A, 1, 100);
+    assert!(acquire(Some(&old), &req(B, 10), 100, &mut fences).ended);
+    assert!(!acquire(Some(&old), &req(B, 10), 99, &mut fences).ended);
+    assert!(extend(Some(&old), A, 10, 150).ended);
+    assert!(release(Some(&old), A, 150).ended);
+    assert!(!release(None, A, 150).ended);
+}
+
 // ---- property test against a reference model ----
 
 #[derive(Clone, Debug)]
 enum Op {
-    Acquire { key: usize, who: usize, ttl: u64 },
-    Extend { key: usize, who: usize, ttl: u64 },
-    Release { key: usize, who: usize },
-    Info { key: usize },
-    Pass { micros: u64 },
+    Acquire {
+        key: usize,
+        who: usize,
+        ttl: u64,
+        floor: u64,
+    },
+    Extend {
+        key: usize,
+        who: usize,
+        ttl: u64,
+    },
+    Release {
+        key: usize,
+        who: usize,
+    },
+    Info {
+        key: usize,
+    },
+    Pass {
+        micros: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..2usize, 0..3usize, 1..60u64).prop_map(|(key, who, ttl)| Op::Acquire { key, who, ttl }),
+        (
+            0..2usize,
+            0..3usize,
+            1..60u64,
+            prop_oneof![3 => Just(0u64), 1 => 0..40u64]
+        )
+            .prop_map(|(key, who, ttl, floor)| Op::Acquire {
+                key,
+                who,
+                ttl,
+                floor
+            }),
         (0..2usize, 0..3usize, 1..60u64).prop_map(|(key, who, ttl)| Op::Extend { key, who, ttl }),
         (0..2usize, 0..3usize).prop_map(|(key, who)| Op::Release { key, who }),
         (0..2usize).prop_map(|key| Op::Info { key }),
@@ -301,17 +432,22 @@ proptest! {
         for op in ops {
             match op {
                 Op::Pass { micros } => now += micros,
-                Op::Acquire { key, who, ttl } => {
-                    let out = acquire(keys[key].as_ref(), WHO[who], ttl, now, &mut fences);
+                Op::Acquire { key, who, ttl, floor } => {
+                    let request = AcquireRequest { fence_floor: floor, ..req(WHO[who], ttl) };
+                    let before = fences.last();
+                    let out = acquire(keys[key].as_ref(), &request, now, &mut fences);
                     let expected = match model.live(key, now) {
                         Some((holder, fence, _)) if holder == who => {
+                            let fence = fence.max(floor);
+                            model.last_fence = model.last_fence.max(fence);
                             model.holder[key] = Some((who, fence, now + ttl));
                             Acquired::Granted(fence)
                         }
                         Some(_) => Acquired::Taken,
                         None => {
-                            model.last_fence += 1;
+                            model.last_fence = (model.last_fence + 1).max(floor);
                             model.holder[key] = Some((who, model.last_fence, now + ttl));
+                            prop_assert!(model.last_fence > before, "a new grant's fence exceeds every earlier one");
                             Acquired::Granted(model.last_fence)
                         }
                     };

@@ -23,6 +23,7 @@
 //! - `REDIS_LOCK_MODULE`: the module `.so` to load (default `target/debug/libredis_lock.so`).
 //! - `REDIS_LOCK_KEEP_DIRS=1`: keep each server's temp dir (log, RDB, AOF) after the test.
 
+mod cluster;
 mod flavor;
 mod lockutil;
 mod server;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use cluster::Cluster;
 pub use flavor::{flavors, require_all, Flavor};
 pub use lockutil::{
     corrupt_lock_dumps, crc64_redis, error_text, info_field, lock_info_fields, lock_info_owner,

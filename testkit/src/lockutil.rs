@@ -143,13 +143,20 @@ pub fn crc64_redis(data: &[u8]) -> u64 {
 pub fn corrupt_lock_dumps(dump: &[u8], fence: i64) -> Vec<Vec<u8>> {
     assert!(dump.len() > 10, "not a DUMP payload");
     let body_len = dump.len() - 8; // body + 2-byte RDB version, then the CRC
-    let mut needle = vec![1u8];
-    needle.extend_from_slice(&fence.to_le_bytes());
-    let start = dump
-        .windows(needle.len())
-        .position(|w| w == needle.as_slice())
+                                   // The encoded lock starts with its version byte then the fence; the
+                                   // owner length follows 4 (v1) or 5 (v2) u64 fields.
+    let (start, fields) = [(2u8, 5usize), (1, 4)]
+        .iter()
+        .find_map(|(version, fields)| {
+            let mut needle = vec![*version];
+            needle.extend_from_slice(&fence.to_le_bytes());
+            let at = dump
+                .windows(needle.len())
+                .position(|w| w == needle.as_slice())?;
+            Some((at, *fields))
+        })
         .expect("the encoded lock inside the DUMP payload");
-    let owner_len_at = start + 1 + 8 * 4;
+    let owner_len_at = start + 1 + 8 * fields;
     let patches: [(usize, &[u8]); 4] = [
         (start, &[9]),
         (owner_len_at, &[0, 0]),
