@@ -4,7 +4,7 @@ CARGO ?= cargo
 MODULE_DEBUG := target/debug/libredis_lock.so
 MODULE_RELEASE := target/release/libredis_lock.so
 
-.PHONY: help deps build release test lint fmt demo bench clean
+.PHONY: help deps build release test lint fmt demo bench bench-client clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: release ## Start a node with the module and show the lock commands working
 
 bench: release ## Benchmark the module against SET NX PX and the Lua scripts (redis-benchmark)
 	@bash scripts/bench-module.sh
+
+bench-client: release ## Acquire+release latency of the quorum client on 1 and 5 nodes, against rslock
+	@bash scripts/bench-client.sh
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -1,0 +1,640 @@
+//! The async client: acquisition rounds over all nodes in parallel, decided
+//! as soon as the outcome is certain; extension; release.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+
+use crate::config::Config;
+use crate::error::{Error, LossReason, NodeError};
+use crate::guard::{HeldLease, LockGuard};
+use crate::lease::{Lease, Token};
+use crate::node::Node;
+use crate::quorum::{self, Decision, Tally, Vote};
+
+/// The outcome of a release: how many nodes held the lock for this token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Released {
+    /// Nodes where this token held the lock and it is now free.
+    pub held: usize,
+    /// Nodes where this token did not hold it (already released, expired,
+    /// or never granted there).
+    pub not_held: usize,
+    /// Nodes that could not be asked.
+    pub failed: Vec<NodeError>,
+    /// Nodes whose answer was not waited for: a quorum had already
+    /// answered, so the lock was free for others. Their requests were sent
+    /// and finish in the background.
+    pub pending: usize,
+}
+
+impl Released {
+    /// Every node answered.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty() && self.pending == 0
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// A quorum lock client over N nodes that run the module.
+///
+/// Cheap to clone (the connections are shared). Connections are opened
+/// lazily, one multiplexed connection per node.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("nodes", &self.inner.config.node_addrs())
+            .field("quorum", &self.inner.config.quorum())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TTL as the client uses it: whole milliseconds, as sent to the nodes.
+#[derive(Clone, Copy)]
+struct Ttl {
+    duration: Duration,
+    millis: u64,
+}
+
+/// Releases the token on every node it may have reached if the round's
+/// future is dropped before it finished (cancellation), so a cancelled
+/// acquisition does not leave the lock blocked until its TTL.
+struct ReleaseOnDrop {
+    inner: Arc<Inner>,
+    resource: String,
+    token: Token,
+    armed: bool,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // No blocking work here: hand the release to the runtime, if any.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            let resource = std::mem::take(&mut self.resource);
+            let token = self.token.clone();
+            tracing::debug!(resource = %resource, "acquisition cancelled, releasing in the background");
+            handle.spawn(async move {
+                let all = vec![true; inner.nodes.len()];
+                release_nodes(&inner, &resource, &token, &all, Wait::All).await;
+            });
+        }
+    }
+}
+
+impl Client {
+    /// A client for the configured nodes. Nothing is connected yet.
+    pub fn new(config: Config) -> Result<Client, Error> {
+        let nodes = config
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Node::new(i, spec, config.connect_timeout, config.request_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client {
+            inner: Arc::new(Inner { config, nodes }),
+        })
+    }
+
+    /// A client with the default configuration for these node addresses.
+    pub fn from_urls(nodes: impl crate::config::IntoNodeAddrs) -> Result<Client, Error> {
+        Client::new(Config::from_urls(nodes)?)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Connects to every node now rather than at the first request. Fails
+    /// with [`Error::Unreachable`] if fewer than a quorum can be reached;
+    /// the per-node errors are in it either way.
+    pub async fn connect(&self) -> Result<Vec<NodeError>, Error> {
+        let results =
+            futures_util::future::join_all(self.inner.nodes.iter().map(|n| n.connect())).await;
+        let errors: Vec<NodeError> = results.into_iter().filter_map(Result::err).collect();
+        let answered = self.inner.nodes.len() - errors.len();
+        if answered < self.inner.config.quorum {
+            return Err(Error::Unreachable {
+                resource: String::new(),
+                answered,
+                quorum: self.inner.config.quorum,
+                nodes: self.inner.nodes.len(),
+                node_errors: errors,
+            });
+        }
+        Ok(errors)
+    }
+
+    fn check_resource(resource: &str) -> Result<(), Error> {
+        if resource.is_empty() {
+            return Err(Error::invalid("the resource name is empty"));
+        }
+        Ok(())
+    }
+
+    fn check_ttl(&self, ttl: Duration) -> Result<Ttl, Error> {
+        let millis = u64::try_from(ttl.as_millis())
+            .ok()
+            .filter(|ms| (1..=i64::MAX as u64).contains(ms))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "TTL {ttl:?} is not a whole number of milliseconds >= 1 ms"
+                ))
+            })?;
+        let duration = Duration::from_millis(millis);
+        let drift = self.inner.config.drift(duration);
+        if drift >= duration {
+            return Err(Error::invalid(format!(
+                "TTL {duration:?} leaves no validity after the drift allowance of {drift:?}"
+            )));
+        }
+        Ok(Ttl { duration, millis })
+    }
+
+    /// One round: asks every node once, in parallel. Fails at once with
+    /// [`Error::Taken`] or [`Error::Unreachable`] if no quorum grants.
+    pub async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Lease, Error> {
+        let token = Token::random()?;
+        self.try_acquire_with_token(resource, ttl, &token).await
+    }
+
+    /// One round with a token chosen by the caller. Acquiring with the
+    /// token that already holds the lock succeeds again (and refreshes it),
+    /// so this is how to retry an acquisition whose replies were lost.
+    pub async fn try_acquire_with_token(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        token: &Token,
+    ) -> Result<Lease, Error> {
+        Self::check_resource(resource)?;
+        let ttl = self.check_ttl(ttl)?;
+        self.acquire_round(resource, token, ttl).await
+    }
+
+    /// Rounds until one wins, the wait budget `wait` runs out
+    /// ([`Error::Timeout`]), or the configured retry count does (the last
+    /// round's error). Every round uses the same token, so a grant whose
+    /// reply was lost does not block the next round. Between rounds the
+    /// client sleeps `retry_delay` plus a random share of `retry_jitter`.
+    ///
+    /// Cancellation-safe: dropping the future releases whatever the round
+    /// in progress may have been granted (in the background).
+    pub async fn acquire(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
+        Self::check_resource(resource)?;
+        let ttl = self.check_ttl(ttl)?;
+        let token = Token::random()?;
+        let backoff = self.inner.config.backoff();
+        let started = Instant::now();
+        let mut attempts: u32 = 0;
+        loop {
+            attempts = attempts.saturating_add(1);
+            let err = match self.acquire_round(resource, &token, ttl).await {
+                Ok(lease) => return Ok(lease),
+                Err(e)
+                    if matches!(
+                        e,
+                        Error::Taken { .. }
+                            | Error::Unreachable { .. }
+                            | Error::NoValidityLeft { .. }
+                    ) =>
+                {
+                    e
+                }
+                Err(e) => return Err(e),
+            };
+            let unit: f64 = rand::rng().random();
+            let elapsed = started.elapsed();
+            match backoff.next_delay(attempts, self.inner.config.retry_count, elapsed, wait, unit) {
+                Some(delay) => {
+                    tracing::debug!(resource, attempts, ?delay, error = %err, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    let out_of_retries = self
+                        .inner
+                        .config
+                        .retry_count
+                        .is_some_and(|max| attempts > max);
+                    if out_of_retries || wait.is_zero() {
+                        return Err(err);
+                    }
+                    return Err(Error::Timeout {
+                        resource: resource.to_owned(),
+                        waited: started.elapsed(),
+                        attempts,
+                        last: Box::new(err),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn acquire_round(&self, resource: &str, token: &Token, ttl: Ttl) -> Result<Lease, Error> {
+        let inner = &self.inner;
+        let n = inner.nodes.len();
+        let mut cancel_guard = ReleaseOnDrop {
+            inner: inner.clone(),
+            resource: resource.to_owned(),
+            token: token.clone(),
+            armed: true,
+        };
+        let started = Instant::now();
+        let mut tally = Tally::new(n, inner.config.quorum);
+        let mut granted_nodes = Vec::new();
+        let mut errors = Vec::new();
+        // Nodes that may hold our token after the round: all but those that
+        // answered that someone else holds it.
+        let mut may_hold = vec![true; n];
+        {
+            let mut pending: FuturesUnordered<_> = inner
+                .nodes
+                .iter()
+                .map(|node| async move {
+                    (
+                        node.index,
+                        node.acquire(resource, token.as_str(), ttl.millis).await,
+                    )
+                })
+                .collect();
+            while let Some((i, answer)) = pending.next().await {
+                match answer {
+                    Ok(Some(fence)) => {
+                        tally.record(Vote::Granted(fence));
+                        granted_nodes.push(i);
+                    }
+                    Ok(None) => {
+                        tally.record(Vote::Refused);
+                        if let Some(slot) = may_hold.get_mut(i) {
+                            *slot = false;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(resource, error = %e, "node failed");
+                        tally.record(Vote::Failed);
+                        errors.push(e);
+                    }
+                }
+                if tally.decision().is_some() {
+                    break;
+                }
+            }
+            // Dropping `pending` here abandons the slower nodes: a request
+            // not yet sent is never sent, one already sent is answered into
+            // the void, and any release below is queued behind it on the
+            // same connection.
+        }
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        granted_nodes.sort_unstable();
+
+        if tally.decision() == Some(Decision::Won) {
+            let drift = inner.config.drift(ttl.duration);
+            if let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now) {
+                cancel_guard.armed = false;
+                let fence = self.settle_fence(&tally);
+                tracing::debug!(resource, fence, nodes = ?granted_nodes, ?elapsed, "acquired");
+                return Ok(Lease {
+                    resource: resource.to_owned(),
+                    token: token.clone(),
+                    fence,
+                    acquired_at: started,
+                    renewed_at: started,
+                    valid_until,
+                    ttl: ttl.duration,
+                    nodes: granted_nodes,
+                });
+            }
+            release_nodes(inner, resource, token, &may_hold, Wait::All).await;
+            cancel_guard.armed = false;
+            tracing::debug!(resource, ?elapsed, "granted too late");
+            return Err(Error::NoValidityLeft {
+                resource: resource.to_owned(),
+                ttl: ttl.duration,
+                elapsed,
+            });
+        }
+
+        // Lost: release the partial grants at once (and the nodes that
+        // failed or were still pending: their grant may have landed).
+        if tally.granted() > 0 || tally.failed() > 0 || tally.pending() > 0 {
+            release_nodes(inner, resource, token, &may_hold, Wait::All).await;
+        }
+        cancel_guard.armed = false;
+        tracing::debug!(
+            resource,
+            granted = tally.granted(),
+            refused = tally.refused(),
+            failed = tally.failed(),
+            ?elapsed,
+            "not acquired"
+        );
+        Err(round_error(resource, &tally, errors))
+    }
+
+    /// The lease's fencing token. For now the largest fence among the
+    /// granting nodes; this is where a floor-raise round (making fences
+    /// monotonic across the node set) will go.
+    fn settle_fence(&self, tally: &Tally) -> u64 {
+        tally.max_fence().unwrap_or_default()
+    }
+
+    /// Extends the lease on a quorum to `ttl` from now, within its remaining
+    /// validity. On success the lease's validity, TTL and nodes are updated.
+    ///
+    /// - [`Error::Expired`] if the lease had expired (or expired before a
+    ///   quorum answered): it must not be relied on any more;
+    /// - [`Error::Lost`] with [`LossReason::NotHeld`] if so many nodes no
+    ///   longer hold it for this token that a quorum cannot;
+    /// - [`Error::Unreachable`] if too few nodes answered (the lease stays
+    ///   valid until its current deadline; try again).
+    pub async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<(), Error> {
+        let ttl = self.check_ttl(ttl)?;
+        let inner = &self.inner;
+        let n = inner.nodes.len();
+        let started = Instant::now();
+        if started >= lease.valid_until {
+            return Err(Error::Expired {
+                resource: lease.resource.clone(),
+            });
+        }
+        let resource = lease.resource.as_str();
+        let token = lease.token.as_str();
+        let mut tally = Tally::new(n, inner.config.quorum);
+        let mut extended_nodes = Vec::new();
+        let mut errors = Vec::new();
+        {
+            let mut pending: FuturesUnordered<_> =
+                inner
+                    .nodes
+                    .iter()
+                    .map(|node| async move {
+                        (node.index, node.extend(resource, token, ttl.millis).await)
+                    })
+                    .collect();
+            while let Some((i, answer)) = pending.next().await {
+                match answer {
+                    Ok(true) => {
+                        tally.record(Vote::Granted(0));
+                        extended_nodes.push(i);
+                    }
+                    Ok(false) => tally.record(Vote::Refused),
+                    Err(e) => {
+                        tally.record(Vote::Failed);
+                        errors.push(e);
+                    }
+                }
+                if tally.decision().is_some() {
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= lease.valid_until {
+            return Err(Error::Expired {
+                resource: lease.resource.clone(),
+            });
+        }
+        match tally.decision() {
+            Some(Decision::Won) => {
+                let drift = inner.config.drift(ttl.duration);
+                let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now)
+                else {
+                    return Err(Error::NoValidityLeft {
+                        resource: lease.resource.clone(),
+                        ttl: ttl.duration,
+                        elapsed: now.saturating_duration_since(started),
+                    });
+                };
+                extended_nodes.sort_unstable();
+                lease.valid_until = valid_until;
+                lease.renewed_at = started;
+                lease.ttl = ttl.duration;
+                lease.nodes = extended_nodes;
+                tracing::debug!(resource, "extended");
+                Ok(())
+            }
+            _ if tally.refused_beyond_spare() => {
+                tracing::debug!(
+                    resource,
+                    refused = tally.refused(),
+                    "extension refused: lock lost"
+                );
+                Err(Error::Lost {
+                    resource: lease.resource.clone(),
+                    reason: LossReason::NotHeld,
+                })
+            }
+            _ => Err(Error::Unreachable {
+                resource: lease.resource.clone(),
+                answered: tally.granted() + tally.refused(),
+                quorum: tally.quorum(),
+                nodes: tally.nodes(),
+                node_errors: errors,
+            }),
+        }
+    }
+
+    /// Releases the lock on every node (idempotent) and reports how many
+    /// held it. Returns as soon as a quorum has answered (the lock is then
+    /// free for others); the requests to slower nodes were sent and finish
+    /// in the background ([`Released::pending`]), so a hung node does not
+    /// delay the release. [`Error::Unreachable`] if fewer than a quorum
+    /// answered: the lock may then stay held until its TTL runs out.
+    ///
+    /// Do not acquire again with the same token right after a release: a
+    /// late release could reach a slow node after the new grant.
+    pub async fn release(&self, lease: &Lease) -> Result<Released, Error> {
+        let all = vec![true; self.inner.nodes.len()];
+        let released = release_nodes(
+            &self.inner,
+            &lease.resource,
+            &lease.token,
+            &all,
+            Wait::Quorum,
+        )
+        .await;
+        let answered = released.held + released.not_held;
+        if answered < self.inner.config.quorum {
+            return Err(Error::Unreachable {
+                resource: lease.resource.clone(),
+                answered,
+                quorum: self.inner.config.quorum,
+                nodes: self.inner.nodes.len(),
+                node_errors: released.failed,
+            });
+        }
+        Ok(released)
+    }
+
+    /// Acquires (waiting up to `wait`) and returns a guard that renews the
+    /// lease in the background at a third of the TTL, signals the moment it
+    /// is lost, stops renewing at the configured maximum hold, and releases
+    /// when dropped (in the background) or by [`LockGuard::release`].
+    pub async fn lock(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockGuard, Error> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::runtime("a lock guard needs a tokio runtime to renew on"))?;
+        let lease = self.acquire(resource, ttl, wait).await?;
+        Ok(LockGuard::start(self.clone(), lease, &handle))
+    }
+
+    /// Runs `work` while holding the lock, renewing it as long as the work
+    /// runs (up to the maximum hold). Waits up to the configured default
+    /// wait to acquire.
+    ///
+    /// If the lock is lost, `work` is dropped at once (it stops at its
+    /// current `.await`) and [`Error::Lost`] is returned; work that must
+    /// clean up itself can instead watch [`HeldLease::lost`]. When `work`
+    /// finishes, the lock is released and its output returned.
+    pub async fn with_lock<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(HeldLease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self
+            .lock(resource, ttl, self.inner.config.default_wait)
+            .await?;
+        let held = guard.held().clone();
+        let work = work(held.clone());
+        tokio::select! {
+            biased;
+            reason = held.lost() => {
+                drop(guard);
+                Err(Error::Lost { resource: resource.to_owned(), reason })
+            }
+            out = work => {
+                if let Err(e) = guard.release().await {
+                    tracing::warn!(resource, error = %e, "release after work failed; the lock runs out at its TTL");
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// What a lost round amounts to: unreachable if more nodes failed than the
+/// quorum can spare, taken otherwise.
+fn round_error(resource: &str, tally: &Tally, node_errors: Vec<NodeError>) -> Error {
+    if tally.failed_beyond_spare() {
+        Error::Unreachable {
+            resource: resource.to_owned(),
+            answered: tally.granted() + tally.refused(),
+            quorum: tally.quorum(),
+            nodes: tally.nodes(),
+            node_errors,
+        }
+    } else {
+        Error::Taken {
+            resource: resource.to_owned(),
+            held_elsewhere: tally.refused(),
+            granted: tally.granted(),
+            quorum: tally.quorum(),
+            nodes: tally.nodes(),
+            node_errors,
+        }
+    }
+}
+
+/// When a release round may stop waiting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// For every selected node's answer (each bounded by the node timeouts).
+    All,
+    /// Until a quorum has answered: the lock is then certainly free for
+    /// others. The requests still out finish in the background, on the
+    /// connections they were sent on.
+    Quorum,
+}
+
+/// Sends `LOCK.RELEASE` to the selected nodes in parallel.
+pub(crate) async fn release_nodes(
+    inner: &Arc<Inner>,
+    resource: &str,
+    token: &Token,
+    which: &[bool],
+    wait: Wait,
+) -> Released {
+    let shared: Arc<str> = Arc::from(resource);
+    let mut pending: FuturesUnordered<_> = inner
+        .nodes
+        .iter()
+        .filter(|node| which.get(node.index).copied().unwrap_or(false))
+        .map(|node| {
+            // Owned, so that stragglers can be left to a background task.
+            let (inner, index, resource, token) =
+                (inner.clone(), node.index, shared.clone(), token.clone());
+            async move {
+                match inner.nodes.get(index) {
+                    Some(node) => node.release(&resource, token.as_str()).await,
+                    None => Ok(false),
+                }
+            }
+        })
+        .collect();
+    let mut out = Released::default();
+    while let Some(answer) = pending.next().await {
+        match answer {
+            Ok(true) => out.held += 1,
+            Ok(false) => out.not_held += 1,
+            Err(e) => out.failed.push(e),
+        }
+        if wait == Wait::Quorum
+            && out.held + out.not_held >= inner.config.quorum
+            && !pending.is_empty()
+        {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                out.pending = pending.len();
+                let resource = shared.clone();
+                handle.spawn(async move {
+                    while let Some(answer) = pending.next().await {
+                        if let Err(e) = answer {
+                            tracing::debug!(resource = %resource, error = %e, "late release failed");
+                        }
+                    }
+                });
+                break;
+            }
+        }
+    }
+    tracing::debug!(
+        resource,
+        held = out.held,
+        not_held = out.not_held,
+        failed = out.failed.len(),
+        pending = out.pending,
+        "released"
+    );
+    out
+}

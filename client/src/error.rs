@@ -1,0 +1,446 @@
+//! One error type for the whole client, with predicates, and the per-node
+//! errors it carries.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a held lock stopped being held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// The validity ran out before a renewal reached a quorum (nodes down,
+    /// slow or unreachable).
+    Expired,
+    /// A quorum of nodes answered that our token no longer holds the lock
+    /// there (it expired on the nodes, was deleted, or another holder took
+    /// it).
+    NotHeld,
+    /// Renewal stopped at the configured maximum hold time and the lease
+    /// then ran out.
+    MaxHold,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossReason::Expired => "its validity ran out before a renewal reached a quorum",
+            LossReason::NotHeld => "a quorum of nodes no longer holds it for this token",
+            LossReason::MaxHold => "the maximum hold time was reached",
+        })
+    }
+}
+
+/// What went wrong on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeErrorKind {
+    /// Could not connect (refused, unreachable, DNS, TLS).
+    Connect,
+    /// The connection or the request timed out.
+    Timeout,
+    /// Authentication or permission failed (`WRONGPASS`, `NOAUTH`, `NOPERM`).
+    Auth,
+    /// The node does not know the `LOCK.*` commands: the module is not loaded.
+    ModuleNotLoaded,
+    /// The node answered with an error (`ERR`, `WRONGTYPE`, `READONLY`, `OOM`, ...).
+    Server,
+    /// The node answered something the client does not understand.
+    Protocol,
+    /// The connection broke.
+    Io,
+}
+
+/// An error from one node, as part of a round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeError {
+    /// The node's position in the configured list.
+    pub node: usize,
+    /// `host:port` of the node (never its credentials).
+    pub addr: String,
+    /// What kind of failure.
+    pub kind: NodeErrorKind,
+    /// The server's error code (`ERR`, `WRONGTYPE`, ...) when it sent one.
+    pub code: Option<String>,
+    /// A readable description.
+    pub message: String,
+}
+
+impl NodeError {
+    pub(crate) fn new(node: usize, addr: &str, kind: NodeErrorKind, message: String) -> Self {
+        NodeError {
+            node,
+            addr: addr.to_owned(),
+            kind,
+            code: None,
+            message,
+        }
+    }
+
+    pub(crate) fn with_code(mut self, code: Option<String>) -> Self {
+        self.code = code;
+        self
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.kind == NodeErrorKind::Timeout
+    }
+
+    pub fn is_connect(&self) -> bool {
+        self.kind == NodeErrorKind::Connect
+    }
+
+    pub fn is_auth(&self) -> bool {
+        self.kind == NodeErrorKind::Auth
+    }
+
+    pub fn is_module_not_loaded(&self) -> bool {
+        self.kind == NodeErrorKind::ModuleNotLoaded
+    }
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            NodeErrorKind::Connect => "cannot connect",
+            NodeErrorKind::Timeout => "timed out",
+            NodeErrorKind::Auth => "authentication failed",
+            NodeErrorKind::ModuleNotLoaded => "module not loaded",
+            NodeErrorKind::Server => "server error",
+            NodeErrorKind::Protocol => "unexpected reply",
+            NodeErrorKind::Io => "connection broken",
+        };
+        write!(
+            f,
+            "node {} ({}): {what}: {}",
+            self.node, self.addr, self.message
+        )
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Every error of the client.
+///
+/// Match on the variant, or ask the predicates: [`Error::is_taken`],
+/// [`Error::is_unreachable`], [`Error::is_timeout`], [`Error::is_expired`],
+/// [`Error::is_lost`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration was rejected; nothing was sent.
+    #[non_exhaustive]
+    Config { reason: String },
+    /// An argument of the call was rejected (an empty resource, a TTL too
+    /// short to leave any validity); nothing was sent.
+    #[non_exhaustive]
+    InvalidArgument { reason: String },
+    /// Another holder has the lock: enough nodes refused that a quorum was
+    /// out of reach.
+    #[non_exhaustive]
+    Taken {
+        resource: String,
+        /// How many nodes said the lock is held by another token.
+        held_elsewhere: usize,
+        /// How many nodes granted it to us (released again at once).
+        granted: usize,
+        quorum: usize,
+        nodes: usize,
+        /// Nodes that failed in the same round.
+        node_errors: Vec<NodeError>,
+    },
+    /// Too few nodes answered to make up a quorum.
+    #[non_exhaustive]
+    Unreachable {
+        resource: String,
+        /// How many nodes gave a usable answer.
+        answered: usize,
+        quorum: usize,
+        nodes: usize,
+        /// Why the others did not.
+        node_errors: Vec<NodeError>,
+    },
+    /// The caller's wait budget ran out; `last` is the error of the last
+    /// round.
+    #[non_exhaustive]
+    Timeout {
+        resource: String,
+        waited: Duration,
+        attempts: u32,
+        last: Box<Error>,
+    },
+    /// A quorum granted the lock, but the round took so long that no
+    /// validity was left (elapsed + drift >= TTL); the grants were released.
+    #[non_exhaustive]
+    NoValidityLeft {
+        resource: String,
+        ttl: Duration,
+        elapsed: Duration,
+    },
+    /// The lease had already expired (by the client's monotonic clock), or
+    /// ran out while the operation was under way.
+    #[non_exhaustive]
+    Expired { resource: String },
+    /// The lock was lost while held.
+    #[non_exhaustive]
+    Lost {
+        resource: String,
+        reason: LossReason,
+    },
+    /// The runtime could not be used (a blocking call inside an async
+    /// runtime, no runtime to spawn on, no OS randomness).
+    #[non_exhaustive]
+    Runtime { reason: String },
+}
+
+impl Error {
+    pub(crate) fn config(reason: impl Into<String>) -> Self {
+        Error::Config {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn runtime(reason: impl Into<String>) -> Self {
+        Error::Runtime {
+            reason: reason.into(),
+        }
+    }
+
+    /// Another holder has the lock (also when the wait budget ran out while
+    /// it was held).
+    pub fn is_taken(&self) -> bool {
+        match self {
+            Error::Taken { .. } => true,
+            Error::Timeout { last, .. } => last.is_taken(),
+            _ => false,
+        }
+    }
+
+    /// Not enough nodes could be reached (also when the wait budget ran out
+    /// for that reason).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } => true,
+            Error::Timeout { last, .. } => last.is_unreachable(),
+            _ => false,
+        }
+    }
+
+    /// The wait budget ran out, or a round took longer than the TTL allowed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::NoValidityLeft { .. })
+    }
+
+    /// The lease had expired before or during the operation.
+    pub fn is_expired(&self) -> bool {
+        matches!(self, Error::Expired { .. })
+    }
+
+    /// The lock was lost while held (see [`LossReason`]).
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Error::Lost { .. })
+    }
+
+    /// The configuration or an argument was rejected.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Error::Config { .. } | Error::InvalidArgument { .. })
+    }
+
+    /// Why the loss happened, for [`Error::Lost`].
+    pub fn loss_reason(&self) -> Option<LossReason> {
+        match self {
+            Error::Lost { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// How many nodes said the lock is held by someone else.
+    pub fn held_elsewhere(&self) -> Option<usize> {
+        match self {
+            Error::Taken { held_elsewhere, .. } => Some(*held_elsewhere),
+            Error::Timeout { last, .. } => last.held_elsewhere(),
+            _ => None,
+        }
+    }
+
+    /// The per-node errors of the (last) round.
+    pub fn node_errors(&self) -> &[NodeError] {
+        match self {
+            Error::Taken { node_errors, .. } | Error::Unreachable { node_errors, .. } => {
+                node_errors
+            }
+            Error::Timeout { last, .. } => last.node_errors(),
+            _ => &[],
+        }
+    }
+}
+
+fn write_node_errors(f: &mut fmt::Formatter<'_>, errors: &[NodeError]) -> fmt::Result {
+    for e in errors {
+        write!(f, "; {e}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config { reason } => write!(f, "invalid configuration: {reason}"),
+            Error::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
+            Error::Taken {
+                resource,
+                held_elsewhere,
+                granted,
+                quorum,
+                nodes,
+                node_errors,
+            } => {
+                write!(
+                    f,
+                    "lock {resource:?} is taken: held by another token on {held_elsewhere} of {nodes} nodes \
+                     (granted by {granted}, {quorum} needed)"
+                )?;
+                write_node_errors(f, node_errors)
+            }
+            Error::Unreachable {
+                resource,
+                answered,
+                quorum,
+                nodes,
+                node_errors,
+            } => {
+                write!(
+                    f,
+                    "not enough nodes reachable for {resource:?}: {answered} of {nodes} answered, {quorum} needed"
+                )?;
+                write_node_errors(f, node_errors)
+            }
+            Error::Timeout {
+                resource,
+                waited,
+                attempts,
+                last,
+            } => write!(
+                f,
+                "timed out after {waited:?} and {attempts} attempts to lock {resource:?}: {last}"
+            ),
+            Error::NoValidityLeft {
+                resource,
+                ttl,
+                elapsed,
+            } => write!(
+                f,
+                "lock {resource:?} was granted too late: {elapsed:?} elapsed of a {ttl:?} TTL left no validity"
+            ),
+            Error::Expired { resource } => write!(f, "the lease on {resource:?} has expired"),
+            Error::Lost { resource, reason } => write!(f, "lock {resource:?} was lost: {reason}"),
+            Error::Runtime { reason } => write!(f, "runtime error: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Timeout { last, .. } => Some(last.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken() -> Error {
+        Error::Taken {
+            resource: "r".into(),
+            held_elsewhere: 3,
+            granted: 1,
+            quorum: 3,
+            nodes: 5,
+            node_errors: vec![],
+        }
+    }
+
+    fn unreachable() -> Error {
+        Error::Unreachable {
+            resource: "r".into(),
+            answered: 2,
+            quorum: 3,
+            nodes: 5,
+            node_errors: vec![NodeError::new(
+                4,
+                "127.0.0.1:1",
+                NodeErrorKind::ModuleNotLoaded,
+                "unknown command 'LOCK.ACQUIRE'".into(),
+            )],
+        }
+    }
+
+    #[test]
+    fn predicates_table() {
+        let timeout_taken = Error::Timeout {
+            resource: "r".into(),
+            waited: Duration::from_secs(1),
+            attempts: 4,
+            last: Box::new(taken()),
+        };
+        let cases: Vec<(Error, [bool; 5])> = vec![
+            // taken, unreachable, timeout, expired, lost
+            (taken(), [true, false, false, false, false]),
+            (unreachable(), [false, true, false, false, false]),
+            (timeout_taken, [true, false, true, false, false]),
+            (
+                Error::Expired {
+                    resource: "r".into(),
+                },
+                [false, false, false, true, false],
+            ),
+            (
+                Error::Lost {
+                    resource: "r".into(),
+                    reason: LossReason::NotHeld,
+                },
+                [false, false, false, false, true],
+            ),
+            (
+                Error::NoValidityLeft {
+                    resource: "r".into(),
+                    ttl: Duration::from_millis(10),
+                    elapsed: Duration::from_millis(20),
+                },
+                [false, false, true, false, false],
+            ),
+            (Error::config("x"), [false, false, false, false, false]),
+        ];
+        for (e, [t, u, ti, ex, l]) in cases {
+            assert_eq!(
+                [
+                    e.is_taken(),
+                    e.is_unreachable(),
+                    e.is_timeout(),
+                    e.is_expired(),
+                    e.is_lost()
+                ],
+                [t, u, ti, ex, l],
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_name_the_cause() {
+        let text = unreachable().to_string();
+        assert!(text.contains("2 of 5 answered, 3 needed"), "{text}");
+        assert!(text.contains("module not loaded"), "{text}");
+        assert!(taken().to_string().contains("3 of 5 nodes"));
+        assert_eq!(taken().held_elsewhere(), Some(3));
+    }
+}

@@ -1,0 +1,232 @@
+//! IO with one node: a long-lived multiplexed connection, made lazily and
+//! remade after it breaks, with a connect timeout and a per-request timeout.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, Value};
+use tokio::sync::Mutex;
+use tokio::time::timeout;
+
+use crate::config::NodeSpec;
+use crate::error::{Error, NodeError, NodeErrorKind};
+
+/// The cached connection and a generation number, so that a request that
+/// saw the connection break drops that connection and not a newer one.
+#[derive(Default)]
+struct Slot {
+    generation: u64,
+    conn: Option<MultiplexedConnection>,
+}
+
+pub(crate) struct Node {
+    pub(crate) index: usize,
+    pub(crate) label: String,
+    client: redis::Client,
+    slot: Mutex<Slot>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// Where in a request a failure happened: it decides how it is reported.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connect,
+    Request,
+}
+
+impl Node {
+    pub(crate) fn new(
+        index: usize,
+        spec: &NodeSpec,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Node, Error> {
+        let client = redis::Client::open(spec.info.clone())
+            .map_err(|e| Error::config(format!("node #{index} ({}): {e}", spec.label)))?;
+        Ok(Node {
+            index,
+            label: spec.label.clone(),
+            client,
+            slot: Mutex::new(Slot::default()),
+            connect_timeout,
+            request_timeout,
+        })
+    }
+
+    fn error(&self, kind: NodeErrorKind, message: impl Into<String>) -> NodeError {
+        NodeError::new(self.index, &self.label, kind, message.into())
+    }
+
+    /// The cached connection, or a new one. Concurrent callers wait for one
+    /// connection attempt instead of each making their own.
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection, bool), NodeError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(conn) = &slot.conn {
+            return Ok((slot.generation, conn.clone(), true));
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            // Requests are timed by `query`, which drops the future.
+            .set_response_timeout(None);
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.classify(&e, Phase::Connect))?;
+        slot.generation += 1;
+        slot.conn = Some(conn.clone());
+        tracing::debug!(node = self.index, addr = %self.label, "connected");
+        Ok((slot.generation, conn, false))
+    }
+
+    async fn forget(&self, generation: u64) {
+        let mut slot = self.slot.lock().await;
+        if slot.generation == generation {
+            slot.conn = None;
+        }
+    }
+
+    /// Opens the connection now (instead of at the first request).
+    pub(crate) async fn connect(&self) -> Result<(), NodeError> {
+        match timeout(self.connect_timeout, self.connection()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(self.error(
+                NodeErrorKind::Timeout,
+                format!("no connection within {:?}", self.connect_timeout),
+            )),
+        }
+    }
+
+    /// Sends one command and returns its reply. Bounded by the connect
+    /// timeout (if a connection must be made) plus the request timeout. A
+    /// cached connection found broken is replaced and the command sent once
+    /// more: every `LOCK.*` command is safe to repeat with the same token.
+    pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, NodeError> {
+        let mut retried = false;
+        loop {
+            let (generation, mut conn, reused) =
+                match timeout(self.connect_timeout, self.connection()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(self.error(
+                            NodeErrorKind::Timeout,
+                            format!("no connection within {:?}", self.connect_timeout),
+                        ))
+                    }
+                };
+            match timeout(self.request_timeout, cmd.query_async::<Value>(&mut conn)).await {
+                Err(_) => {
+                    // A slow node is not a broken connection: keep it, the
+                    // late reply is matched to this abandoned request.
+                    return Err(self.error(
+                        NodeErrorKind::Timeout,
+                        format!("no reply within {:?}", self.request_timeout),
+                    ));
+                }
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if is_broken_connection(&e) => {
+                    self.forget(generation).await;
+                    if reused && !retried {
+                        tracing::debug!(node = self.index, addr = %self.label, error = %e,
+                            "cached connection broken, reconnecting");
+                        retried = true;
+                        continue;
+                    }
+                    return Err(self.classify(&e, Phase::Request));
+                }
+                Ok(Err(e)) => return Err(self.classify(&e, Phase::Request)),
+            }
+        }
+    }
+
+    fn classify(&self, e: &RedisError, phase: Phase) -> NodeError {
+        let code = e.code().map(str::to_owned);
+        let detail = e.detail().unwrap_or_default();
+        let kind = if e.kind() == ErrorKind::AuthenticationFailed
+            || matches!(code.as_deref(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        {
+            NodeErrorKind::Auth
+        } else if code.as_deref() == Some("ERR")
+            && detail.to_ascii_lowercase().contains("unknown command")
+        {
+            NodeErrorKind::ModuleNotLoaded
+        } else if e.is_timeout() {
+            NodeErrorKind::Timeout
+        } else if code.is_some() {
+            NodeErrorKind::Server
+        } else if matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType) {
+            NodeErrorKind::Protocol
+        } else if phase == Phase::Connect {
+            NodeErrorKind::Connect
+        } else {
+            NodeErrorKind::Io
+        };
+        let message = match kind {
+            NodeErrorKind::ModuleNotLoaded => {
+                format!("the LOCK.* commands are unknown (is the module loaded?): {e}")
+            }
+            _ => e.to_string(),
+        };
+        self.error(kind, message).with_code(code)
+    }
+
+    fn protocol(&self, what: &str, value: &Value) -> NodeError {
+        self.error(
+            NodeErrorKind::Protocol,
+            format!("{what} answered {value:?}"),
+        )
+    }
+
+    /// `LOCK.ACQUIRE key token ttl-ms`: the fence if granted, `None` if held
+    /// by another token.
+    pub(crate) async fn acquire(
+        &self,
+        key: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, NodeError> {
+        let mut cmd = redis::cmd("LOCK.ACQUIRE");
+        cmd.arg(key).arg(token).arg(ttl_ms);
+        match self.query(&cmd).await? {
+            Value::Nil => Ok(None),
+            Value::Int(fence) => u64::try_from(fence)
+                .map(Some)
+                .map_err(|_| self.protocol("LOCK.ACQUIRE", &Value::Int(fence))),
+            other => Err(self.protocol("LOCK.ACQUIRE", &other)),
+        }
+    }
+
+    /// `LOCK.EXTEND key token ttl-ms`: whether our token held it and it was
+    /// extended.
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, NodeError> {
+        let mut cmd = redis::cmd("LOCK.EXTEND");
+        cmd.arg(key).arg(token).arg(ttl_ms);
+        self.flag("LOCK.EXTEND", &cmd).await
+    }
+
+    /// `LOCK.RELEASE key token`: whether our token held it.
+    pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool, NodeError> {
+        let mut cmd = redis::cmd("LOCK.RELEASE");
+        cmd.arg(key).arg(token);
+        self.flag("LOCK.RELEASE", &cmd).await
+    }
+
+    async fn flag(&self, what: &str, cmd: &Cmd) -> Result<bool, NodeError> {
+        match self.query(cmd).await? {
+            Value::Int(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            other => Err(self.protocol(what, &other)),
+        }
+    }
+}
+
+fn is_broken_connection(e: &RedisError) -> bool {
+    e.code().is_none()
+        && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+}
