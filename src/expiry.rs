@@ -79,6 +79,15 @@ impl ExpiryIndex {
         self.entries = swapped;
     }
 
+    /// `FLUSHDB` of `db`, or `FLUSHALL` when `db` is -1.
+    pub fn forget_db(&mut self, db: i32) {
+        if db < 0 {
+            self.entries.clear();
+        } else {
+            self.entries.retain(|e| e.db != db);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -123,6 +132,17 @@ mod tests {
         assert_eq!(index.pop_due(100, 4).len(), 4);
         assert_eq!(index.len(), 6);
         assert_eq!(index.next_deadline(), Some(4));
+    }
+
+    #[test]
+    fn flushes_forget_one_database_or_all() {
+        let mut index = ExpiryIndex::new();
+        index.insert(1, 0, b"x");
+        index.insert(2, 1, b"y");
+        index.forget_db(0);
+        assert_eq!(index.len(), 1);
+        index.forget_db(-1);
+        assert!(index.is_empty());
     }
 
     #[test]

@@ -356,16 +356,15 @@ pub type ServerEventCallback = unsafe extern "C" fn(
     *mut std::ffi::c_void,
 );
 
-pub fn subscribe_swapdb(
+/// Subscribe to a server event by id (`REDISMODULE_EVENT_*`).
+pub fn subscribe_server_event(
     ctx: *mut raw::RedisModuleCtx,
+    id: u64,
     callback: ServerEventCallback,
 ) -> Result<(), String> {
     // redismodule.h defines the event descriptors as header statics, which
     // do not link from Rust: build the same value (id, data version 1).
-    let event = raw::RedisModuleEvent {
-        id: raw::REDISMODULE_EVENT_SWAPDB,
-        dataver: 1,
-    };
+    let event = raw::RedisModuleEvent { id, dataver: 1 };
     // SAFETY: the OnLoad context; the callback has the signature Redis calls.
     let status = unsafe {
         raw::RedisModule_SubscribeToServerEvent
@@ -374,7 +373,7 @@ pub fn subscribe_swapdb(
     if status == raw::Status::Ok as c_int {
         Ok(())
     } else {
-        Err("failed to subscribe to SWAPDB events".into())
+        Err(format!("failed to subscribe to server event {id}"))
     }
 }
 
@@ -390,6 +389,19 @@ pub unsafe fn swapdb_info(data: *mut std::ffi::c_void) -> Option<(i32, i32)> {
     // SAFETY: per the caller's contract.
     let info = unsafe { &*info };
     Some((info.dbnum_first, info.dbnum_second))
+}
+
+/// The database a FLUSHDB/FLUSHALL event emptied (-1: all), once it is done.
+///
+/// # Safety
+/// `data` must be the `RedisModuleFlushInfo` Redis passes with the event.
+pub unsafe fn flush_info(subevent: u64, data: *mut std::ffi::c_void) -> Option<i32> {
+    let info = data.cast::<raw::RedisModuleFlushInfo>();
+    if subevent != raw::REDISMODULE_SUBEVENT_FLUSHDB_END || info.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller's contract.
+    Some(unsafe { &*info }.dbnum)
 }
 
 /// The bytes of a Redis string handed to a callback.

@@ -132,7 +132,20 @@ mod module {
         let events = raw::REDISMODULE_NOTIFY_GENERIC | raw::REDISMODULE_NOTIFY_LOADED;
         let subscribed =
             ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
-                .and_then(|()| ffi::subscribe_swapdb(raw_ctx, sweeper::on_swapdb));
+                .and_then(|()| {
+                    ffi::subscribe_server_event(
+                        raw_ctx,
+                        raw::REDISMODULE_EVENT_SWAPDB,
+                        sweeper::on_swapdb,
+                    )
+                })
+                .and_then(|()| {
+                    ffi::subscribe_server_event(
+                        raw_ctx,
+                        raw::REDISMODULE_EVENT_FLUSHDB,
+                        sweeper::on_flush,
+                    )
+                });
         if let Err(e) = subscribed.and_then(|()| resetstat::install(raw_ctx)) {
             ctx.log_warning(&format!("lock: {e}"));
             return Status::Err;

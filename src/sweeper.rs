@@ -133,3 +133,19 @@ pub unsafe extern "C" fn on_swapdb(
         }
     });
 }
+
+/// `FLUSHDB` / `FLUSHALL`: forget the emptied databases' entries now rather
+/// than when they come due.
+pub unsafe extern "C" fn on_flush(
+    _ctx: *mut redis_module::raw::RedisModuleCtx,
+    _event: redis_module::raw::RedisModuleEvent,
+    subevent: u64,
+    data: *mut std::ffi::c_void,
+) {
+    ffi::guard((), || {
+        // SAFETY: Redis passes the FLUSHDB event's info struct as `data`.
+        if let Some(db) = unsafe { ffi::flush_info(subevent, data) } {
+            node::with(|n| n.index.forget_db(db));
+        }
+    });
+}

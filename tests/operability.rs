@@ -130,6 +130,13 @@ fn info_lock_counts_what_happened_and_config_resetstat_clears_it() {
             stats["fence_counter"], fence,
             "{flavor}: the fencing counter is never reset"
         );
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        let stats = lock_stats(&mut c);
+        assert_eq!(
+            (stats["locks"], stats["expiry_index_entries"]),
+            (0, 0),
+            "{flavor}: FLUSHALL leaves nothing indexed"
+        );
     }
 }
 
