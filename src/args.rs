@@ -27,6 +27,8 @@ pub struct AcquireReq<'a> {
     /// The hold limit of a new grant: the smaller of `MAXHOLD` and the
     /// `lock.max-hold-ms` setting (0: none).
     pub max_hold_ms: Option<u64>,
+    /// `WAIT timeout-ms`: block until granted or the timeout (0: no timeout).
+    pub wait_ms: Option<u64>,
 }
 
 /// Node settings that bound what a request may ask for.
@@ -61,6 +63,7 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
     let ttl_ms = ttl_arg(ttl, limits.max_ttl_ms)?;
     let mut fence_floor = 0;
     let mut max_hold_option = None;
+    let mut wait_ms = None;
     let mut options = options;
     while let [name, rest @ ..] = options {
         let Some((value, rest)) = rest.split_first() else {
@@ -77,6 +80,16 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
                         "invalid FENCE '{}': must be an integer from 1 to {MAX_FENCE}",
                         printable(value)
                     )))
+                }
+            };
+        } else if name.eq_ignore_ascii_case(b"WAIT") {
+            wait_ms = match parse_i64(value) {
+                Some(n) if (0..=TTL_CEILING_MS).contains(&n) => Some(n.unsigned_abs()),
+                _ => {
+                    return Err(ArgError(format!(
+                    "invalid WAIT '{}': must be an integer from 0 (no timeout) to {TTL_CEILING_MS}",
+                    printable(value)
+                )))
                 }
             };
         } else if name.eq_ignore_ascii_case(b"MAXHOLD") {
@@ -112,6 +125,7 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
         ttl_ms,
         fence_floor,
         max_hold_ms,
+        wait_ms,
     })
 }
 
@@ -230,6 +244,7 @@ mod tests {
                 ttl_ms: 1500,
                 fence_floor: 0,
                 max_hold_ms: None,
+                wait_ms: None,
             })
         );
     }
@@ -245,9 +260,14 @@ mod tests {
             "5000",
             "FENCE",
             "77",
+            "Wait",
+            "0",
         ]);
         let req = acquire(&args, LIMITS).unwrap();
-        assert_eq!((req.fence_floor, req.max_hold_ms), (77, Some(5000)));
+        assert_eq!(
+            (req.fence_floor, req.max_hold_ms, req.wait_ms),
+            (77, Some(5000), Some(0))
+        );
         let setting = Limits {
             max_hold_ms: 3000,
             ..LIMITS

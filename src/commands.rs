@@ -7,7 +7,7 @@ use crate::datatype::LOCK_TYPE;
 use crate::ffi::{self, Request};
 use crate::lock::{self, AcquireRequest, Acquired, Change, Lock, Micros};
 use crate::stats::{self, bump};
-use crate::{clock, node, sweeper};
+use crate::{clock, node, sweeper, waiters};
 use redis_module::key::RedisKeyWritable;
 use redis_module::redisvalue::RedisValueKey;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
@@ -86,6 +86,8 @@ impl Slot<'_> {
                 sweeper::remove(ctx, &self.key, &self.name);
                 let event = if out.ended { c"lock.expired" } else { event };
                 ffi::notify(ctx, event, &self.name);
+                // Freed: the first waiter gets it in this same command.
+                waiters::hand_over(ctx, ffi::selected_db(ctx), &self.name, &self.key);
             }
         }
         Ok(out.reply)
@@ -94,26 +96,51 @@ impl Slot<'_> {
 
 /// Store a lock in the slot's key; returns the key's name.
 fn store(ctx: &Context, slot: Slot, lock: Lock, now: Micros) -> Result<RedisString, RedisError> {
-    let payload = codec::encode(&lock, now);
-    let deadline = lock.deadline;
     match slot.lock {
-        Some(stored) => *stored = lock,
-        None => {
-            slot.key
-                .set_value(&LOCK_TYPE, lock)
-                .map_err(|_| RedisError::WrongType)?;
-            stats::LOCKS.fetch_add(1, Ordering::Relaxed);
+        Some(stored) => {
+            let payload = codec::encode(&lock, now);
+            let deadline = lock.deadline;
+            *stored = lock;
+            published(ctx, &slot.name, &payload, deadline);
         }
+        None => put_new(ctx, &slot.name, &slot.key, lock, now)?,
     }
-    ffi::signal_modified(ctx, &slot.name);
-    ffi::replicate_load(ctx, &slot.name, &payload);
-    sweeper::track(ctx, ffi::selected_db(ctx), slot.name.as_slice(), deadline);
     Ok(slot.name)
 }
 
-/// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms]`
+/// Store a lock in an empty key opened for writing, and publish it.
+pub fn put_new(
+    ctx: &Context,
+    name: &RedisString,
+    key: &RedisKeyWritable,
+    lock: Lock,
+    now: Micros,
+) -> Result<(), RedisError> {
+    let payload = codec::encode(&lock, now);
+    let deadline = lock.deadline;
+    key.set_value(&LOCK_TYPE, lock)
+        .map_err(|_| RedisError::WrongType)?;
+    stats::LOCKS.fetch_add(1, Ordering::Relaxed);
+    published(ctx, name, &payload, deadline);
+    Ok(())
+}
+
+/// A stored lock changed: tell watchers, replicate it, index its deadline.
+fn published(ctx: &Context, name: &RedisString, payload: &[u8], deadline: Micros) {
+    ffi::signal_modified(ctx, name);
+    ffi::replicate_load(ctx, name, payload);
+    sweeper::track(ctx, ffi::selected_db(ctx), name.as_slice(), deadline);
+}
+
+/// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms] [WAIT ms]`
 pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::acquire(req.args, limits()).map_err(arg_error)?;
+    let db = ffi::selected_db(ctx);
+    if let Some(name) = req.key(ctx) {
+        // Waiters are served first (FIFO): a lock that has ended goes to
+        // the head of its queue before anyone new can take it.
+        waiters::serve_if_free(ctx, db, &name);
+    }
     let slot = open(ctx, req)?;
     let now = clock::now();
     let request = AcquireRequest {
@@ -137,7 +164,20 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
         }
         Acquired::Taken => {
             bump(&stats::CONTENDED);
-            Ok(RedisValue::Null)
+            match parsed.wait_ms {
+                Some(timeout) if waiters::can_block(ctx) => {
+                    let key = (
+                        db,
+                        req.key(ctx)
+                            .ok_or(RedisError::WrongArity)?
+                            .as_slice()
+                            .to_vec(),
+                    );
+                    waiters::block(ctx, key, &request, timeout)?;
+                    Ok(RedisValue::NoReply)
+                }
+                _ => Ok(RedisValue::Null),
+            }
         }
         Acquired::HoldLimit => {
             bump(&stats::HOLD_LIMIT_REFUSALS);
@@ -214,6 +254,11 @@ pub fn info(ctx: &Context, req: &Request) -> RedisResult {
             RedisValue::BulkString(view.owner),
         ),
     ]);
+    let waiting = waiters::waiting(ffi::selected_db(ctx), name.as_slice());
+    fields.insert(
+        RedisValueKey::String("waiters".into()),
+        integer(waiting as u64),
+    );
     if let Some(left) = view.hold_left_ms {
         fields.insert(RedisValueKey::String("maxhold".into()), integer(left));
     }
@@ -248,4 +293,5 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
     let (fence, indexed) = node::with(|n| (n.fences.last(), n.index.len()));
     ctx.add_info_field_long_long("fence_counter", int(fence));
     ctx.add_info_field_long_long("expiry_index_entries", int(indexed as u64));
+    ctx.add_info_field_long_long("waiters", int(waiters::total() as u64));
 }

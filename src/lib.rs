@@ -23,6 +23,7 @@ pub mod clock;
 pub mod codec;
 pub mod expiry;
 pub mod lock;
+pub mod queue;
 
 #[cfg(all(feature = "module", not(test)))]
 mod commands;
@@ -38,6 +39,8 @@ mod resetstat;
 mod stats;
 #[cfg(all(feature = "module", not(test)))]
 mod sweeper;
+#[cfg(all(feature = "module", not(test)))]
+mod waiters;
 
 #[cfg(all(feature = "module", not(test)))]
 mod module {
@@ -60,7 +63,7 @@ mod module {
             CommandSpec {
                 name: c"lock.acquire",
                 entry: acquire_entry,
-                flags: c"write deny-oom",
+                flags: c"write deny-oom blocking",
                 arity: -4,
                 key_flags: RW_UPDATE,
                 summary: c"Takes a lock for a token for ttl-ms milliseconds (FENCE floor, MAXHOLD ms); replies the fencing token, or nil if another token holds it",

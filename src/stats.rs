@@ -29,6 +29,8 @@ counters! {
     RELEASES: "Successful LOCK.RELEASE.",
     RELEASES_WRONG_TOKEN: "LOCK.RELEASE of a held lock by a token that does not hold it.",
     EXPIRED: "Leases that ran out while held (ended without a release).",
+    HANDOVERS: "Grants made to a waiting client when the lock was freed.",
+    WAIT_TIMEOUTS: "Waiting clients whose WAIT ran out.",
 }
 
 /// Lock values stored on the node (live, plus ended ones the sweeper has not

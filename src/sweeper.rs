@@ -73,6 +73,8 @@ fn sweep(ctx: &Context) {
             remove(ctx, &key, &name);
             crate::stats::bump(&crate::stats::EXPIRED);
             ffi::notify(ctx, c"lock.expired", &name);
+            // Expired: the first waiter gets it at the deadline.
+            crate::waiters::hand_over(ctx, entry.db, &name, &key);
         } else {
             node::with(|n| {
                 n.index
@@ -102,13 +104,21 @@ pub unsafe extern "C" fn on_keyspace_event(
         // SAFETY: Redis passes a NUL-terminated event name and a valid key
         // string for the duration of the callback.
         let (event, key) = unsafe { (ffi::event_name(event), ffi::string_bytes(key)) };
+        let context = Context::new(ctx);
+        if matches!(
+            event.as_ref(),
+            "del" | "rename_from" | "move_from" | "evicted"
+        ) {
+            // The key went away under its waiters: serve them.
+            crate::waiters::kick(&context, ffi::selected_db(&context), key);
+            return 0;
+        }
         if !matches!(
             event.as_ref(),
             "loaded" | "rename_to" | "move_to" | "copy_to" | "restore"
         ) {
             return 0;
         }
-        let context = Context::new(ctx);
         let name = context.create_string(key);
         let deadline = match context.open_key(&name).get_value::<Lock>(&LOCK_TYPE) {
             Ok(Some(lock)) => lock.deadline,
@@ -130,6 +140,7 @@ pub unsafe extern "C" fn on_swapdb(
         // SAFETY: Redis passes the SWAPDB event's info struct as `data`.
         if let Some((a, b)) = unsafe { ffi::swapdb_info(data) } {
             node::with(|n| n.index.swap_db(a, b));
+            crate::waiters::swap_db(a, b);
         }
     });
 }
@@ -137,7 +148,7 @@ pub unsafe extern "C" fn on_swapdb(
 /// `FLUSHDB` / `FLUSHALL`: forget the emptied databases' entries now rather
 /// than when they come due.
 pub unsafe extern "C" fn on_flush(
-    _ctx: *mut redis_module::raw::RedisModuleCtx,
+    ctx: *mut redis_module::raw::RedisModuleCtx,
     _event: redis_module::raw::RedisModuleEvent,
     subevent: u64,
     data: *mut std::ffi::c_void,
@@ -146,6 +157,7 @@ pub unsafe extern "C" fn on_flush(
         // SAFETY: Redis passes the FLUSHDB event's info struct as `data`.
         if let Some(db) = unsafe { ffi::flush_info(subevent, data) } {
             node::with(|n| n.index.forget_db(db));
+            crate::waiters::kick_db(&Context::new(ctx), db);
         }
     });
 }

@@ -189,7 +189,7 @@ fn info_is_a_map_in_resp3_and_a_flat_array_in_resp2_and_never_shows_the_token() 
         let Value::Array(items) = &flat else {
             panic!("{flavor}: RESP2 reply is an array, got {flat:?}")
         };
-        assert_eq!(items.len(), 10);
+        assert_eq!(items.len(), 12);
         let mut c3 = server.conn_resp3();
         let map: Value = redis::cmd("LOCK.INFO").arg("res").query(&mut c3).unwrap();
         let Value::Map(pairs) = &map else {
@@ -199,7 +199,10 @@ fn info_is_a_map_in_resp3_and_a_flat_array_in_resp2_and_never_shows_the_token() 
             .iter()
             .map(|(k, _)| redis::from_redis_value_ref::<String>(k).unwrap())
             .collect();
-        assert_eq!(names, ["acquired", "extensions", "fence", "owner", "ttl"]);
+        assert_eq!(
+            names,
+            ["acquired", "extensions", "fence", "owner", "ttl", "waiters"]
+        );
         let fields = testkit::lock_info_fields(&map).unwrap();
         assert_eq!(fields["fence"], fence);
         let text = format!("{flat:?}{map:?}");

@@ -1,0 +1,138 @@
+//! FIFO queues of waiters per lock key. Pure: the glue (`waiters.rs`) keeps
+//! the blocked-client handles in the `T` it stores here.
+
+use std::collections::{HashMap, VecDeque};
+
+/// A lock key: database and name.
+pub type KeyId = (i32, Vec<u8>);
+
+#[derive(Debug)]
+pub struct WaitQueues<T> {
+    queues: HashMap<KeyId, VecDeque<u64>>,
+    waiters: HashMap<u64, (KeyId, T)>,
+    next_id: u64,
+}
+
+impl<T> Default for WaitQueues<T> {
+    fn default() -> Self {
+        WaitQueues {
+            queues: HashMap::new(),
+            waiters: HashMap::new(),
+            next_id: 1,
+        }
+    }
+}
+
+impl<T> WaitQueues<T> {
+    /// Queue a waiter at the back of `key`'s queue; returns its id.
+    pub fn push(&mut self, key: KeyId, waiter: T) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.queues.entry(key.clone()).or_default().push_back(id);
+        self.waiters.insert(id, (key, waiter));
+        id
+    }
+
+    /// Take the waiter at the front of `key`'s queue.
+    pub fn pop_front(&mut self, key: &KeyId) -> Option<(u64, T)> {
+        let queue = self.queues.get_mut(key)?;
+        let id = queue.pop_front();
+        if queue.is_empty() {
+            self.queues.remove(key);
+        }
+        let id = id?;
+        self.waiters.remove(&id).map(|(_, w)| (id, w))
+    }
+
+    /// Take a waiter out wherever it is (timeout, disconnect).
+    pub fn remove(&mut self, id: u64) -> Option<T> {
+        let (key, waiter) = self.waiters.remove(&id)?;
+        if let Some(queue) = self.queues.get_mut(&key) {
+            queue.retain(|w| *w != id);
+            if queue.is_empty() {
+                self.queues.remove(&key);
+            }
+        }
+        Some(waiter)
+    }
+
+    pub fn len(&self, key: &KeyId) -> usize {
+        self.queues.get(key).map_or(0, VecDeque::len)
+    }
+
+    pub fn total(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// The keys that have waiters in `db` (-1: every database).
+    pub fn keys_in(&self, db: i32) -> Vec<KeyId> {
+        self.queues
+            .keys()
+            .filter(|(d, _)| db < 0 || *d == db)
+            .cloned()
+            .collect()
+    }
+
+    /// `SWAPDB a b`: the queues follow their keys.
+    pub fn swap_db(&mut self, a: i32, b: i32) {
+        let swap = |db: i32| {
+            if db == a {
+                b
+            } else if db == b {
+                a
+            } else {
+                db
+            }
+        };
+        self.queues = std::mem::take(&mut self.queues)
+            .into_iter()
+            .map(|((db, key), q)| ((swap(db), key), q))
+            .collect();
+        for ((db, _), _) in self.waiters.values_mut() {
+            *db = swap(*db);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> KeyId {
+        (0, name.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn waiters_are_served_in_arrival_order_per_key() {
+        let mut q = WaitQueues::default();
+        let a = q.push(key("x"), "a");
+        let _b = q.push(key("y"), "b");
+        let c = q.push(key("x"), "c");
+        assert_eq!(q.len(&key("x")), 2);
+        assert_eq!(q.pop_front(&key("x")), Some((a, "a")));
+        assert_eq!(q.pop_front(&key("x")), Some((c, "c")));
+        assert_eq!(q.pop_front(&key("x")), None);
+        assert_eq!(q.total(), 1);
+    }
+
+    #[test]
+    fn a_removed_waiter_is_skipped_and_empty_queues_vanish() {
+        let mut q = WaitQueues::default();
+        let a = q.push(key("x"), 1);
+        let b = q.push(key("x"), 2);
+        assert_eq!(q.remove(a), Some(1));
+        assert_eq!(q.remove(a), None);
+        assert_eq!(q.pop_front(&key("x")), Some((b, 2)));
+        assert!(q.keys_in(-1).is_empty());
+        assert_eq!(q.total(), 0);
+    }
+
+    #[test]
+    fn swap_db_moves_queues() {
+        let mut q = WaitQueues::default();
+        let a = q.push((0, b"k".to_vec()), ());
+        q.swap_db(0, 1);
+        assert_eq!(q.keys_in(1), vec![(1, b"k".to_vec())]);
+        assert_eq!(q.pop_front(&(1, b"k".to_vec())), Some((a, ())));
+    }
+}

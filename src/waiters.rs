@@ -1,0 +1,280 @@
+//! Server-side waiting: `LOCK.ACQUIRE ... WAIT ms` blocks the client (not the
+//! server) in a FIFO queue per key, and the lock is handed to the head of
+//! the queue the moment it is freed: in the same command when released, by
+//! the sweeper's timer at the deadline when it expires, and on the next
+//! event-loop turn when an operator deletes or moves the key.
+
+use crate::lock::{self, AcquireRequest, Acquired, Change, Micros, Token};
+use crate::queue::{KeyId, WaitQueues};
+use crate::stats::{self, bump};
+use crate::{clock, commands, ffi, node};
+use redis_module::key::RedisKeyWritable;
+use redis_module::{raw, Context, RedisError, RedisString};
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// What a queued client asked for.
+pub struct Waiter {
+    bc: BlockedClient,
+    token: Token,
+    ttl: Micros,
+    fence_floor: u64,
+    max_hold: Option<Micros>,
+}
+
+/// A blocked-client handle. Only touched on Redis's main thread.
+struct BlockedClient(*mut raw::RedisModuleBlockedClient);
+// SAFETY: the handle is created, used and released on the main thread only;
+// the mutex below exists to make the static sound, not for other threads.
+unsafe impl Send for BlockedClient {}
+
+#[derive(Default)]
+struct State {
+    queues: WaitQueues<Waiter>,
+    /// Blocked-client handle -> waiter id, for the timeout and disconnect callbacks.
+    ids: HashMap<usize, u64>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    f(guard.get_or_insert_with(State::default))
+}
+
+pub fn waiting(db: i32, key: &[u8]) -> usize {
+    with(|s| s.queues.len(&(db, key.to_vec())))
+}
+
+pub fn total() -> usize {
+    with(|s| s.queues.total())
+}
+
+/// Whether the current client may block: not inside MULTI, a script, or
+/// anything else that denies blocking. There `WAIT` is a single try.
+pub fn can_block(ctx: &Context) -> bool {
+    // SAFETY: a valid context.
+    let flags = unsafe { raw::RedisModule_GetContextFlags.map_or(0, |f| f(ctx.get_raw())) };
+    let deny = raw::REDISMODULE_CTX_FLAGS_MULTI
+        | raw::REDISMODULE_CTX_FLAGS_LUA
+        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
+    (flags as u32) & deny == 0
+}
+
+/// Block the calling client in the queue of `key`.
+pub fn block(
+    ctx: &Context,
+    key: KeyId,
+    req: &AcquireRequest,
+    timeout_ms: u64,
+) -> Result<(), RedisError> {
+    let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
+    // SAFETY: a command context; the callbacks have the signatures Redis calls.
+    let bc = unsafe {
+        raw::RedisModule_BlockClient.map_or(std::ptr::null_mut(), |f| {
+            f(
+                ctx.get_raw(),
+                Some(reply_cb),
+                Some(timeout_cb),
+                Some(free_cb),
+                timeout,
+            )
+        })
+    };
+    if bc.is_null() {
+        return Err(RedisError::Str("ERR this client cannot block"));
+    }
+    let waiter = Waiter {
+        bc: BlockedClient(bc),
+        token: Token::from_slice(req.token),
+        ttl: req.ttl,
+        fence_floor: req.fence_floor,
+        max_hold: req.max_hold,
+    };
+    with(|s| {
+        let id = s.queues.push(key, waiter);
+        s.ids.insert(bc as usize, id);
+    });
+    // SAFETY: a handle just returned by BlockClient.
+    unsafe {
+        if let Some(f) = raw::RedisModule_SetDisconnectCallback {
+            f(bc, Some(disconnect_cb));
+        }
+    }
+    Ok(())
+}
+
+/// The lock in `key` (open for writing) is free: grant it to the first
+/// waiter in line, if any, and wake that client with its fencing token.
+pub fn hand_over(ctx: &Context, db: i32, name: &RedisString, key: &RedisKeyWritable) {
+    let id: KeyId = (db, name.as_slice().to_vec());
+    let Some((_, waiter)) = with(|s| {
+        let next = s.queues.pop_front(&id);
+        if let Some((_, w)) = &next {
+            s.ids.remove(&(w.bc.0 as usize));
+        }
+        next
+    }) else {
+        return;
+    };
+    let now = clock::now();
+    let req = AcquireRequest {
+        token: &waiter.token,
+        ttl: waiter.ttl,
+        fence_floor: waiter.fence_floor,
+        max_hold: waiter.max_hold,
+    };
+    let out = node::with(|n| lock::acquire(None, &req, now, &mut n.fences));
+    let reply = match (out.reply, out.change) {
+        (Acquired::Granted(fence), Change::Put(lock)) => {
+            match commands::put_new(ctx, name, key, lock, now) {
+                Ok(()) => {
+                    bump(&stats::ACQUISITIONS);
+                    bump(&stats::HANDOVERS);
+                    ffi::notify(ctx, c"lock.acquired", name);
+                    Some(fence)
+                }
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    let privdata = reply.map_or(std::ptr::null_mut(), |fence| {
+        Box::into_raw(Box::new(fence)).cast()
+    });
+    // SAFETY: the handle is still blocked (it was in the queue, and leaves the
+    // queue on timeout or disconnect); the reply callback takes the box.
+    unsafe {
+        if let Some(f) = raw::RedisModule_UnblockClient {
+            f(waiter.bc.0, privdata);
+        }
+    }
+}
+
+/// If the lock in `key` of `db` is free (or has ended) and clients wait for
+/// it, hand it over now. Returns whether the lock is held afterwards by a
+/// waiter it was just handed to.
+pub fn serve_if_free(ctx: &Context, db: i32, name: &RedisString) {
+    if waiting(db, name.as_slice()) == 0 || !ffi::select_db(ctx, db) {
+        return;
+    }
+    let key = ctx.open_key_writable(name);
+    let Ok(current) = key.get_value::<lock::Lock>(&crate::datatype::LOCK_TYPE) else {
+        return; // another type now: leave the waiters to time out
+    };
+    let now = clock::now();
+    match current {
+        Some(lock) if lock.is_live(now) => {}
+        Some(_) => {
+            crate::sweeper::remove(ctx, &key, name);
+            bump(&stats::EXPIRED);
+            ffi::notify(ctx, c"lock.expired", name);
+            hand_over(ctx, db, name, &key);
+        }
+        None => hand_over(ctx, db, name, &key),
+    }
+}
+
+/// A key with waiters was deleted, moved or flushed behind the module's back:
+/// serve its queue on the next event-loop turn (not inside the notification).
+pub fn kick(ctx: &Context, db: i32, key: &[u8]) {
+    if waiting(db, key) > 0 {
+        ctx.create_timer(Duration::ZERO, on_kick, (db, key.to_vec()));
+    }
+}
+
+/// FLUSHDB/FLUSHALL: every queue of the flushed databases.
+pub fn kick_db(ctx: &Context, db: i32) {
+    for (db, key) in with(|s| s.queues.keys_in(db)) {
+        ctx.create_timer(Duration::ZERO, on_kick, (db, key));
+    }
+}
+
+pub fn swap_db(a: i32, b: i32) {
+    with(|s| s.queues.swap_db(a, b));
+}
+
+fn on_kick(ctx: &Context, (db, key): (i32, Vec<u8>)) {
+    ffi::guard((), || {
+        let name = ctx.create_string(key.as_slice());
+        serve_if_free(ctx, db, &name);
+    });
+}
+
+unsafe extern "C" fn reply_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    ffi::guard(raw::REDISMODULE_OK as c_int, || {
+        // SAFETY: a reply callback's context; the private data is the boxed
+        // fence from hand_over (or null), freed by free_cb.
+        unsafe {
+            let fence = raw::RedisModule_GetBlockedClientPrivateData
+                .map_or(std::ptr::null_mut(), |f| f(ctx))
+                .cast::<u64>();
+            match fence.as_ref() {
+                Some(fence) => {
+                    raw::reply_with_long_long(ctx, i64::try_from(*fence).unwrap_or(i64::MAX))
+                }
+                None => raw::reply_with_null(ctx),
+            };
+        }
+        raw::REDISMODULE_OK as c_int
+    })
+}
+
+/// The wait ran out: leave the queue, reply nil (no trace left behind).
+unsafe extern "C" fn timeout_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    ffi::guard(raw::REDISMODULE_OK as c_int, || {
+        // SAFETY: a timeout callback's context.
+        let bc = unsafe {
+            raw::RedisModule_GetBlockedClientHandle.map_or(std::ptr::null_mut(), |f| f(ctx))
+        };
+        forget(bc);
+        bump(&stats::WAIT_TIMEOUTS);
+        raw::reply_with_null(ctx);
+        raw::REDISMODULE_OK as c_int
+    })
+}
+
+unsafe extern "C" fn free_cb(_ctx: *mut raw::RedisModuleCtx, privdata: *mut c_void) {
+    ffi::guard((), || {
+        if !privdata.is_null() {
+            // SAFETY: created by Box::into_raw in hand_over.
+            drop(unsafe { Box::from_raw(privdata.cast::<u64>()) });
+        }
+    });
+}
+
+/// The waiting client went away: take it out of the queue and release the
+/// handle, so the next waiter is served instead.
+unsafe extern "C" fn disconnect_cb(
+    _ctx: *mut raw::RedisModuleCtx,
+    bc: *mut raw::RedisModuleBlockedClient,
+) {
+    ffi::guard((), || {
+        if forget(bc) {
+            // SAFETY: the handle was still queued, so nobody unblocked it yet.
+            unsafe {
+                if let Some(f) = raw::RedisModule_UnblockClient {
+                    f(bc, std::ptr::null_mut());
+                }
+            }
+        }
+    });
+}
+
+/// Take a blocked client out of its queue; whether it was queued.
+fn forget(bc: *mut raw::RedisModuleBlockedClient) -> bool {
+    with(|s| match s.ids.remove(&(bc as usize)) {
+        Some(id) => s.queues.remove(id).is_some(),
+        None => false,
+    })
+}
