@@ -8,51 +8,8 @@
 
 use redis::{Connection, Value};
 use std::time::Duration;
+use testkit::lockcmd::{acquire, error_of as error, extend, info, release, user_conn, wait_gone};
 use testkit::{eventually, Server};
-
-fn acquire(conn: &mut Connection, key: &str, token: &[u8], ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(token)
-        .arg(ttl)
-        .query(conn)
-        .unwrap()
-}
-
-fn extend(conn: &mut Connection, key: &str, token: &[u8], ttl: u64) -> i64 {
-    redis::cmd("LOCK.EXTEND")
-        .arg(key)
-        .arg(token)
-        .arg(ttl)
-        .query(conn)
-        .unwrap()
-}
-
-fn release(conn: &mut Connection, key: &str, token: &[u8]) -> i64 {
-    redis::cmd("LOCK.RELEASE")
-        .arg(key)
-        .arg(token)
-        .query(conn)
-        .unwrap()
-}
-
-/// LOCK.INFO as field -> integer (the owner fingerprint left out), or None.
-fn info(conn: &mut Connection, key: &str) -> Option<std::collections::HashMap<String, i64>> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(conn).unwrap();
-    testkit::lock_info_fields(&v)
-}
-
-/// The error a command returns, as "CODE detail".
-fn error(conn: &mut Connection, args: &[&[u8]]) -> String {
-    let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    let err = cmd
-        .query::<Value>(conn)
-        .expect_err("expected an error reply");
-    testkit::error_text(&err)
-}
 
 fn dbsize(conn: &mut Connection) -> i64 {
     redis::cmd("DBSIZE").query(conn).unwrap()
@@ -144,14 +101,7 @@ fn an_expired_lock_is_free_not_revived_and_its_key_goes_away() {
         );
         // The sweeper removes ended locks nobody touches again.
         acquire(&mut c, "idle", b"alice", 30).unwrap();
-        eventually(Duration::from_secs(5), "idle lock key removed", || {
-            (redis::cmd("EXISTS")
-                .arg("idle")
-                .query::<i64>(&mut c)
-                .unwrap()
-                == 0)
-                .then_some(())
-        });
+        wait_gone(&mut c, "idle", Duration::from_secs(5));
     }
 }
 
@@ -506,39 +456,13 @@ fn acl_key_patterns_apply() {
             "+lock.info",
             "+ping",
         ];
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("locker")
-            .arg("on")
-            .arg(">pw")
-            .arg("~locks:*")
-            .arg(&lock_cmds)
-            .query(&mut admin)
-            .unwrap();
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("reader")
-            .arg("on")
-            .arg(">pw")
-            .arg("%R~*")
-            .arg(&lock_cmds)
-            .query(&mut admin)
-            .unwrap();
-        let mut locker = server.conn();
-        let _: () = redis::cmd("AUTH")
-            .arg("locker")
-            .arg("pw")
-            .query(&mut locker)
-            .unwrap();
+        let locker_rules: Vec<&str> = std::iter::once("~locks:*").chain(lock_cmds).collect();
+        let mut locker = user_conn(&server, "locker", "pw", &locker_rules);
         assert!(acquire(&mut locker, "locks:x", b"t", 5_000).is_some());
         let denied = error(&mut locker, &[b"LOCK.ACQUIRE", b"other:x", b"t", b"100"]);
         assert!(denied.starts_with("NOPERM"), "{flavor}: {denied}");
-        let mut reader = server.conn();
-        let _: () = redis::cmd("AUTH")
-            .arg("reader")
-            .arg("pw")
-            .query(&mut reader)
-            .unwrap();
+        let reader_rules: Vec<&str> = std::iter::once("%R~*").chain(lock_cmds).collect();
+        let mut reader = user_conn(&server, "reader", "pw", &reader_rules);
         assert!(
             info(&mut reader, "locks:x").is_some(),
             "{flavor}: read-only user can LOCK.INFO"

@@ -8,37 +8,12 @@
 )]
 
 use redis::{Connection, Value};
-use std::collections::HashMap;
 use std::time::Duration;
+use testkit::lockcmd::{acquire_with, info, stats as lock_stats, user_conn};
 use testkit::{eventually, Cluster, Flavor, Server};
-
-fn acquire(c: &mut Connection, key: &str, token: &str, ttl: u64, opts: &[&str]) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(token)
-        .arg(ttl)
-        .arg(opts)
-        .query(c)
-        .unwrap()
-}
 
 fn call_i64(c: &mut Connection, args: &[&str]) -> i64 {
     redis::cmd(args[0]).arg(&args[1..]).query(c).unwrap()
-}
-
-fn lock_stats(c: &mut Connection) -> HashMap<String, i64> {
-    let text: String = redis::cmd("INFO").arg("lock").query(c).unwrap();
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.strip_prefix("lock_")?.split_once(':')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-fn info(c: &mut Connection, key: &str) -> Option<HashMap<String, i64>> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    testkit::lock_info_fields(&v)
 }
 
 #[test]
@@ -46,18 +21,18 @@ fn info_lock_counts_what_happened_and_config_resetstat_clears_it() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "a", "t1", 60_000, &[]).unwrap(); // acquisition
-        acquire(&mut c, "a", "t1", 60_000, &[]).unwrap(); // reacquisition
-        assert_eq!(acquire(&mut c, "a", "t2", 60_000, &[]), None); // contended
+        acquire_with(&mut c, "a", "t1", 60_000, &[]).unwrap(); // acquisition
+        acquire_with(&mut c, "a", "t1", 60_000, &[]).unwrap(); // reacquisition
+        assert_eq!(acquire_with(&mut c, "a", "t2", 60_000, &[]), None); // contended
         call_i64(&mut c, &["LOCK.EXTEND", "a", "t1", "60000"]); // extension
         call_i64(&mut c, &["LOCK.EXTEND", "a", "t2", "60000"]); // refused
         call_i64(&mut c, &["LOCK.RELEASE", "a", "t2"]); // wrong token
         call_i64(&mut c, &["LOCK.RELEASE", "a", "t1"]); // release
-        acquire(&mut c, "b", "t1", 30, &[]).unwrap(); // acquisition, then expiry
+        acquire_with(&mut c, "b", "t1", 30, &[]).unwrap(); // acquisition, then expiry
         eventually(Duration::from_secs(5), "b expired", || {
             (lock_stats(&mut c)["expired"] == 1).then_some(())
         });
-        acquire(&mut c, "held", "t1", 60_000, &[]).unwrap();
+        acquire_with(&mut c, "held", "t1", 60_000, &[]).unwrap();
         let stats = lock_stats(&mut c);
         let expected = [
             ("locks", 1),
@@ -83,22 +58,7 @@ fn info_lock_counts_what_happened_and_config_resetstat_clears_it() {
         assert!(stats["expiry_index_entries"] >= 1);
 
         // A user who may not run CONFIG cannot reset anything.
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("app")
-            .arg("on")
-            .arg(">pw")
-            .arg("~*")
-            .arg("+@all")
-            .arg("-config")
-            .query(&mut c)
-            .unwrap();
-        let mut app = server.conn();
-        let _: () = redis::cmd("AUTH")
-            .arg("app")
-            .arg("pw")
-            .query(&mut app)
-            .unwrap();
+        let mut app = user_conn(&server, "app", "pw", &["~*", "+@all", "-config"]);
         assert!(redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query::<()>(&mut app)
@@ -155,11 +115,11 @@ fn keyspace_events_report_acquire_extend_release_and_expiry() {
         sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut pubsub = sub.as_pubsub();
         pubsub.psubscribe("__keyevent@0__:lock.*").unwrap();
-        acquire(&mut c, "k", "t", 60_000, &[]).unwrap();
-        assert_eq!(acquire(&mut c, "k", "other", 60_000, &[]), None); // no event
+        acquire_with(&mut c, "k", "t", 60_000, &[]).unwrap();
+        assert_eq!(acquire_with(&mut c, "k", "other", 60_000, &[]), None); // no event
         call_i64(&mut c, &["LOCK.EXTEND", "k", "t", "60000"]);
         call_i64(&mut c, &["LOCK.RELEASE", "k", "t"]);
-        acquire(&mut c, "short", "t", 30, &[]).unwrap();
+        acquire_with(&mut c, "short", "t", 30, &[]).unwrap();
         let mut seen = Vec::new();
         for _ in 0..5 {
             let msg = pubsub.get_message().unwrap();
@@ -185,7 +145,7 @@ fn maxhold_bounds_how_long_one_grant_can_be_held() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "t", 300, &["MAXHOLD", "700"]).unwrap();
+        acquire_with(&mut c, "k", "t", 300, &["MAXHOLD", "700"]).unwrap();
         let shown = info(&mut c, "k").unwrap();
         assert!(
             shown["maxhold"] > 500 && shown["maxhold"] <= 700,
@@ -198,7 +158,7 @@ fn maxhold_bounds_how_long_one_grant_can_be_held() {
             "{flavor}: past the limit"
         );
         assert_eq!(
-            acquire(&mut c, "k", "t", 2_000, &[]),
+            acquire_with(&mut c, "k", "t", 2_000, &[]),
             None,
             "{flavor}: a refresh cannot pass it either"
         );
@@ -216,7 +176,7 @@ fn maxhold_bounds_how_long_one_grant_can_be_held() {
                 (extended == 0 && info(&mut c, "k").is_none()).then_some(())
             },
         );
-        assert!(acquire(&mut c, "k", "other", 1_000, &[]).is_some());
+        assert!(acquire_with(&mut c, "k", "other", 1_000, &[]).is_some());
     }
 }
 
@@ -227,7 +187,7 @@ fn the_max_hold_setting_applies_to_grants_without_maxhold() {
             .module_arg("max-hold-ms", "5000")
             .start();
         let mut c = server.conn();
-        acquire(&mut c, "k", "t", 1_000, &[]).unwrap();
+        acquire_with(&mut c, "k", "t", 1_000, &[]).unwrap();
         assert!(info(&mut c, "k").unwrap()["maxhold"] <= 5_000);
         let err = redis::cmd("LOCK.ACQUIRE")
             .arg("j")
@@ -245,7 +205,7 @@ fn the_max_hold_setting_applies_to_grants_without_maxhold() {
             .arg(0)
             .query(&mut c)
             .unwrap();
-        acquire(&mut c, "j", "t", 6_000, &[]).unwrap();
+        acquire_with(&mut c, "j", "t", 6_000, &[]).unwrap();
         assert!(
             !info(&mut c, "j").unwrap().contains_key("maxhold"),
             "{flavor}: 0 means no bound"
@@ -260,15 +220,15 @@ fn a_fence_floor_raises_the_lock_and_the_counter_and_replicates() {
         let replica = Server::builder(flavor).replica_of(&primary).start();
         replica.wait_replica_synced(Duration::from_secs(10));
         let mut p = primary.conn();
-        let first = acquire(&mut p, "k", "t", 60_000, &[]).unwrap();
+        let first = acquire_with(&mut p, "k", "t", 60_000, &[]).unwrap();
         let floor = first + 1_000_000;
         // The holder raises its own lock's fence (owner-checked).
         assert_eq!(
-            acquire(&mut p, "k", "t", 60_000, &["FENCE", &floor.to_string()]),
+            acquire_with(&mut p, "k", "t", 60_000, &["FENCE", &floor.to_string()]),
             Some(floor)
         );
         assert_eq!(
-            acquire(
+            acquire_with(
                 &mut p,
                 "k",
                 "other",
@@ -283,10 +243,10 @@ fn a_fence_floor_raises_the_lock_and_the_counter_and_replicates() {
             "{flavor}: others cannot raise it"
         );
         // The node's counter follows: the next grant anywhere is above the floor.
-        let next = acquire(&mut p, "other-key", "x", 60_000, &[]).unwrap();
+        let next = acquire_with(&mut p, "other-key", "x", 60_000, &[]).unwrap();
         assert_eq!(next, floor + 1, "{flavor}");
         // A new grant with a floor takes the floor.
-        let high = acquire(
+        let high = acquire_with(
             &mut p,
             "third",
             "x",
@@ -305,7 +265,7 @@ fn a_fence_floor_raises_the_lock_and_the_counter_and_replicates() {
         );
         let _: () = redis::cmd("DEBUG").arg("RELOAD").query(&mut p).unwrap();
         assert!(
-            acquire(&mut p, "fourth", "x", 1_000, &[]).unwrap() > floor + 500,
+            acquire_with(&mut p, "fourth", "x", 1_000, &[]).unwrap() > floor + 500,
             "{flavor}: persisted"
         );
     }
@@ -322,22 +282,9 @@ fn acl_categories_where_the_server_has_them() {
         } else {
             &["+@read"]
         };
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("viewer")
-            .arg("on")
-            .arg(">pw")
-            .arg("~*")
-            .arg(rules)
-            .query(&mut admin)
-            .unwrap();
-        acquire(&mut admin, "k", "t", 60_000, &[]).unwrap();
-        let mut viewer = server.conn();
-        let _: () = redis::cmd("AUTH")
-            .arg("viewer")
-            .arg("pw")
-            .query(&mut viewer)
-            .unwrap();
+        acquire_with(&mut admin, "k", "t", 60_000, &[]).unwrap();
+        let viewer_rules: Vec<&str> = std::iter::once("~*").chain(rules.iter().copied()).collect();
+        let mut viewer = user_conn(&server, "viewer", "pw", &viewer_rules);
         assert!(info(&mut viewer, "k").is_some(), "{flavor}");
         let err = redis::cmd("LOCK.ACQUIRE")
             .arg("k")
@@ -362,23 +309,9 @@ fn acl_categories_where_the_server_has_them() {
                 ["lock.acquire", "lock.extend", "lock.info", "lock.release"],
                 "{flavor}"
             );
-            let _: () = redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg("app")
-                .arg("on")
-                .arg(">pw")
-                .arg("~locks:*")
-                .arg("+@lock")
-                .query(&mut admin)
-                .unwrap();
-            let mut app = server.conn();
-            let _: () = redis::cmd("AUTH")
-                .arg("app")
-                .arg("pw")
-                .query(&mut app)
-                .unwrap();
+            let mut app = user_conn(&server, "app", "pw", &["~locks:*", "+@lock"]);
             assert!(
-                acquire(&mut app, "locks:x", "t", 1_000, &[]).is_some(),
+                acquire_with(&mut app, "locks:x", "t", 1_000, &[]).is_some(),
                 "{flavor}"
             );
             let err = redis::cmd("LOCK.LOAD")
@@ -400,7 +333,7 @@ fn scan_type_lists_held_locks_without_keys() {
         let server = Server::start(flavor);
         let mut c = server.conn();
         for i in 0..25 {
-            acquire(&mut c, &format!("locks:{i}"), "t", 60_000, &[]).unwrap();
+            acquire_with(&mut c, &format!("locks:{i}"), "t", 60_000, &[]).unwrap();
             let _: () = redis::cmd("SET")
                 .arg(format!("plain:{i}"))
                 .arg("v")
@@ -435,8 +368,8 @@ fn in_a_cluster_lock_commands_go_to_the_node_of_the_key_slot() {
         for key in ["alpha", "bravo", "charlie", "delta", "{user:1}:lock"] {
             let owner = cluster.node_for(key);
             let mut c = owner.conn();
-            let fence =
-                acquire(&mut c, key, "t", 60_000, &[]).unwrap_or_else(|| panic!("{flavor}: {key}"));
+            let fence = acquire_with(&mut c, key, "t", 60_000, &[])
+                .unwrap_or_else(|| panic!("{flavor}: {key}"));
             assert!(fence > 0);
             for other in cluster.nodes.iter().filter(|n| n.port() != owner.port()) {
                 let mut o = other.conn();

@@ -8,23 +8,9 @@
 )]
 
 use redis::Connection;
-use std::collections::HashMap;
 use std::time::Duration;
-use testkit::{eventually, Flavor, Server};
-
-fn acquire(conn: &mut Connection, key: &str, token: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(token)
-        .arg(ttl)
-        .query(conn)
-        .unwrap()
-}
-
-fn info(conn: &mut Connection, key: &str) -> Option<HashMap<String, i64>> {
-    let v: redis::Value = redis::cmd("LOCK.INFO").arg(key).query(conn).unwrap();
-    testkit::lock_info_fields(&v)
-}
+use testkit::lockcmd::{acquire, info, wait_gone};
+use testkit::{Flavor, Server};
 
 /// Take `n` locks with a long TTL; return (key, token, fence).
 fn take_locks(conn: &mut Connection, n: usize) -> Vec<(String, String, i64)> {
@@ -79,18 +65,7 @@ fn debug_reload_keeps_locks_fences_and_the_counter() {
         // Reloaded locks are indexed again: they still expire on their own.
         acquire(&mut c, "short", "t", 200).unwrap();
         let _: () = redis::cmd("DEBUG").arg("RELOAD").query(&mut c).unwrap();
-        eventually(
-            Duration::from_secs(5),
-            "reloaded short lock expires",
-            || {
-                (redis::cmd("EXISTS")
-                    .arg("short")
-                    .query::<i64>(&mut c)
-                    .unwrap()
-                    == 0)
-                    .then_some(())
-            },
-        );
+        wait_gone(&mut c, "short", Duration::from_secs(5));
     }
 }
 
@@ -156,15 +131,7 @@ fn restart_from_rdb_keeps_locks() {
 /// next fence above the old ones (no lock is held: nothing else carries it).
 #[test]
 fn fencing_counter_survives_a_restart_with_the_clock_set_back() {
-    let flavors: Vec<Flavor> = testkit::flavors()
-        .into_iter()
-        .filter(|f| f.supports_faketime())
-        .collect();
-    assert!(
-        !flavors.is_empty() || !testkit::require_all(),
-        "no flavor runs under faketime"
-    );
-    for flavor in flavors {
+    for flavor in testkit::faketime_flavors() {
         for persistence in ["rdb", "aof"] {
             let builder = Server::builder(flavor).faketime();
             let builder = if persistence == "rdb" {

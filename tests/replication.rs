@@ -8,28 +8,9 @@
 )]
 
 use redis::Connection;
-use std::collections::HashMap;
 use std::time::Duration;
-use testkit::{eventually, Server};
-
-fn acquire(conn: &mut Connection, key: &str, token: &str, ttl: u64) -> Option<i64> {
-    redis::cmd("LOCK.ACQUIRE")
-        .arg(key)
-        .arg(token)
-        .arg(ttl)
-        .query(conn)
-        .unwrap()
-}
-
-fn info(conn: &mut Connection, key: &str) -> Option<HashMap<String, i64>> {
-    let v: redis::Value = redis::cmd("LOCK.INFO").arg(key).query(conn).unwrap();
-    testkit::lock_info_fields(&v)
-}
-
-fn owner(conn: &mut Connection, key: &str) -> Option<String> {
-    let v: redis::Value = redis::cmd("LOCK.INFO").arg(key).query(conn).unwrap();
-    testkit::lock_info_owner(&v)
-}
+use testkit::lockcmd::{acquire, info, owner, wait_gone};
+use testkit::Server;
 
 fn wait_replicated(primary: &mut Connection) {
     let acked: i64 = redis::cmd("WAIT").arg(1).arg(5_000).query(primary).unwrap();
@@ -56,7 +37,7 @@ fn a_replica_ends_with_the_same_locks_and_digest() {
             let key = format!("k{i}");
             fences.push((
                 key.clone(),
-                acquire(&mut p, &key, &format!("t{i}"), 600_000).unwrap(),
+                acquire(&mut p, &key, format!("t{i}"), 600_000).unwrap(),
             ));
         }
         let _: i64 = redis::cmd("LOCK.EXTEND")
@@ -112,18 +93,7 @@ fn expiry_on_the_primary_reaches_the_replica_as_a_delete() {
         let mut r = replica.conn();
         acquire(&mut p, "short", "t", 100).unwrap();
         wait_replicated(&mut p);
-        eventually(
-            Duration::from_secs(5),
-            "expired lock deleted on the replica",
-            || {
-                (redis::cmd("EXISTS")
-                    .arg("short")
-                    .query::<i64>(&mut r)
-                    .unwrap()
-                    == 0)
-                    .then_some(())
-            },
-        );
+        wait_gone(&mut r, "short", Duration::from_secs(5));
     }
 }
 
@@ -160,17 +130,6 @@ fn a_promoted_replica_refuses_a_second_holder() {
         );
         // The promoted node now expires locks itself.
         acquire(&mut r, "short", "x", 100).unwrap();
-        eventually(
-            Duration::from_secs(5),
-            "promoted node expires locks",
-            || {
-                (redis::cmd("EXISTS")
-                    .arg("short")
-                    .query::<i64>(&mut r)
-                    .unwrap()
-                    == 0)
-                    .then_some(())
-            },
-        );
+        wait_gone(&mut r, "short", Duration::from_secs(5));
     }
 }

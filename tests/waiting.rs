@@ -8,37 +8,10 @@
 )]
 
 use redis::{Connection, Value};
-use std::collections::HashMap;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::lockcmd::{acquire, acquire_with, info, owner, release};
 use testkit::{eventually, Server};
-
-fn acquire(c: &mut Connection, key: &str, token: &str, ttl: u64, wait: Option<u64>) -> Option<i64> {
-    let mut cmd = redis::cmd("LOCK.ACQUIRE");
-    cmd.arg(key).arg(token).arg(ttl);
-    if let Some(ms) = wait {
-        cmd.arg("WAIT").arg(ms);
-    }
-    cmd.query(c).unwrap()
-}
-
-fn release(c: &mut Connection, key: &str, token: &str) -> i64 {
-    redis::cmd("LOCK.RELEASE")
-        .arg(key)
-        .arg(token)
-        .query(c)
-        .unwrap()
-}
-
-fn info(c: &mut Connection, key: &str) -> Option<HashMap<String, i64>> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    testkit::lock_info_fields(&v)
-}
-
-fn owner(c: &mut Connection, key: &str) -> Option<String> {
-    let v: Value = redis::cmd("LOCK.INFO").arg(key).query(c).unwrap();
-    testkit::lock_info_owner(&v)
-}
 
 /// Start a waiter on its own connection; returns its join handle.
 fn wait_in_thread(
@@ -50,7 +23,7 @@ fn wait_in_thread(
 ) -> thread::JoinHandle<(Option<i64>, Instant)> {
     let mut c = server.conn();
     thread::spawn(move || {
-        let got = acquire(&mut c, key, token, ttl, Some(wait));
+        let got = acquire_with(&mut c, key, token, ttl, &["WAIT", &wait.to_string()]);
         (got, Instant::now())
     })
 }
@@ -68,7 +41,7 @@ fn release_hands_the_lock_to_the_waiter() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        let first = acquire(&mut c, "k", "a", 60_000, None).unwrap();
+        let first = acquire(&mut c, "k", "a", 60_000).unwrap();
         let waiter = wait_in_thread(&server, "k", "b", 60_000, 10_000);
         wait_for_waiters(&mut c, "k", 1);
         let released_at = Instant::now();
@@ -83,7 +56,7 @@ fn release_hands_the_lock_to_the_waiter() {
             "{flavor}: held by the waiter now"
         );
         assert_eq!(
-            acquire(&mut c, "k", "a", 1_000, None),
+            acquire(&mut c, "k", "a", 1_000),
             None,
             "{flavor}: not free in between"
         );
@@ -97,7 +70,7 @@ fn expiry_hands_the_lock_over_at_the_deadline_not_before() {
         let server = Server::start(flavor);
         let mut c = server.conn();
         let taken_at = Instant::now();
-        acquire(&mut c, "k", "a", 300, None).unwrap();
+        acquire(&mut c, "k", "a", 300).unwrap();
         let waiter = wait_in_thread(&server, "k", "b", 60_000, 10_000);
         let (got, woke_at) = waiter.join().unwrap();
         assert!(got.is_some(), "{flavor}: granted at expiry");
@@ -115,7 +88,7 @@ fn waiters_are_served_in_arrival_order() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "a", 60_000, None).unwrap();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
         let mut handles = Vec::new();
         for (i, token) in ["w1", "w2", "w3", "w4"].into_iter().enumerate() {
             handles.push((token, wait_in_thread(&server, "k", token, 60_000, 20_000)));
@@ -141,10 +114,13 @@ fn a_timed_out_wait_replies_nil_and_leaves_no_trace() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "a", 60_000, None).unwrap();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
         let mut w = server.conn();
         let started = Instant::now();
-        assert_eq!(acquire(&mut w, "k", "b", 60_000, Some(200)), None);
+        assert_eq!(
+            acquire_with(&mut w, "k", "b", 60_000, &["WAIT", "200"]),
+            None
+        );
         assert!(started.elapsed() >= Duration::from_millis(190), "{flavor}");
         assert_eq!(info(&mut c, "k").unwrap()["waiters"], 0);
         assert_eq!(release(&mut c, "k", "a"), 1);
@@ -166,7 +142,7 @@ fn a_disconnected_waiter_is_skipped() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "a", 60_000, None).unwrap();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
         // This waiter gives up on its side (read timeout) and drops its connection.
         let mut quitter = server.conn();
         quitter
@@ -198,7 +174,7 @@ fn deleting_the_key_serves_the_waiters() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "a", 60_000, None).unwrap();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
         let waiter = wait_in_thread(&server, "k", "b", 60_000, 10_000);
         wait_for_waiters(&mut c, "k", 1);
         let _: i64 = redis::cmd("DEL").arg("k").query(&mut c).unwrap();
@@ -212,7 +188,7 @@ fn wait_inside_multi_and_lua_is_a_single_try() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "a", 60_000, None).unwrap();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
         let started = Instant::now();
         let replies: Vec<Value> = redis::pipe()
             .atomic()
@@ -245,7 +221,7 @@ fn a_handed_over_grant_replicates() {
         let replica = Server::builder(flavor).replica_of(&primary).start();
         replica.wait_replica_synced(Duration::from_secs(10));
         let mut p = primary.conn();
-        acquire(&mut p, "k", "a", 60_000, None).unwrap();
+        acquire(&mut p, "k", "a", 60_000).unwrap();
         let waiter = wait_in_thread(&primary, "k", "b", 60_000, 10_000);
         wait_for_waiters(&mut p, "k", 1);
         release(&mut p, "k", "a");
@@ -264,6 +240,6 @@ fn a_handed_over_grant_replicates() {
 fn lock_owner_of(token: &str) -> String {
     let server = Server::start(testkit::flavors()[0]);
     let mut c = server.conn();
-    acquire(&mut c, "probe", token, 1_000, None).unwrap();
+    acquire(&mut c, "probe", token, 1_000).unwrap();
     owner(&mut c, "probe").unwrap()
 }

@@ -25,6 +25,7 @@
 
 mod cluster;
 mod flavor;
+pub mod lockcmd;
 mod lockutil;
 mod server;
 
@@ -35,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use cluster::Cluster;
-pub use flavor::{flavors, require_all, Flavor};
+pub use flavor::{faketime_flavors, flavors, require_all, Flavor};
 pub use lockutil::{
     corrupt_lock_dumps, crc64_redis, error_text, info_field, lock_info_fields, lock_info_owner,
     read_aof, wait_aof_rewrite,
