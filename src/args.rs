@@ -29,6 +29,8 @@ pub struct AcquireReq<'a> {
     pub max_hold_ms: Option<u64>,
     /// `WAIT timeout-ms`: block until granted or the timeout (0: no timeout).
     pub wait_ms: Option<u64>,
+    /// `TICKET n`: the waiter's place in the queue (a microsecond timestamp).
+    pub ticket: Option<u64>,
 }
 
 /// Node settings that bound what a request may ask for.
@@ -64,6 +66,7 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
     let mut fence_floor = 0;
     let mut max_hold_option = None;
     let mut wait_ms = None;
+    let mut ticket = None;
     let mut options = options;
     while let [name, rest @ ..] = options {
         let Some((value, rest)) = rest.split_first() else {
@@ -90,6 +93,16 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
                     "invalid WAIT '{}': must be an integer from 0 (no timeout) to {TTL_CEILING_MS}",
                     printable(value)
                 )))
+                }
+            };
+        } else if name.eq_ignore_ascii_case(b"TICKET") {
+            ticket = match parse_i64(value) {
+                Some(n) if n >= 0 => Some(n.unsigned_abs()),
+                _ => {
+                    return Err(ArgError(format!(
+                        "invalid TICKET '{}': must be a non-negative integer",
+                        printable(value)
+                    )))
                 }
             };
         } else if name.eq_ignore_ascii_case(b"MAXHOLD") {
@@ -126,6 +139,7 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
         fence_floor,
         max_hold_ms,
         wait_ms,
+        ticket,
     })
 }
 
@@ -245,6 +259,7 @@ mod tests {
                 fence_floor: 0,
                 max_hold_ms: None,
                 wait_ms: None,
+                ticket: None,
             })
         );
     }

@@ -173,7 +173,7 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
                             .as_slice()
                             .to_vec(),
                     );
-                    waiters::block(ctx, key, &request, timeout)?;
+                    waiters::block(ctx, key, &request, timeout, parsed.ticket)?;
                     Ok(RedisValue::NoReply)
                 }
                 _ => Ok(RedisValue::Null),

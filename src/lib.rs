@@ -124,7 +124,9 @@ mod module {
         // Start the fencing counter at the wall clock in microseconds: a node
         // that lost its data resumes above every token it handed out before,
         // unless its clock went backwards. Persisted counters raise it further.
-        node::with(|n| n.fences.observe(ffi::server_wall_ms().saturating_mul(1000)));
+        let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
+        node::with(|n| n.fences.observe(wall_micros));
+        crate::waiters::init_clock(wall_micros);
         let with_lock_category = ffi::add_acl_category(raw_ctx);
         for spec in command_specs(with_lock_category) {
             if let Err(e) = ffi::register_command(raw_ctx, &spec) {

@@ -1,5 +1,11 @@
-//! FIFO queues of waiters per lock key. Pure: the glue (`waiters.rs`) keeps
-//! the blocked-client handles in the `T` it stores here.
+//! Queues of waiters per lock key, served in ticket order. Pure: the glue
+//! (`waiters.rs`) keeps the blocked-client handles in the `T` it stores here.
+//!
+//! A ticket is a microsecond timestamp: the client's own (`TICKET`), or the
+//! node's clock at arrival. Without tickets the order is arrival order
+//! (FIFO). With them, every node orders the same clients the same way, so
+//! the queues of a node set agree on who is next, which is what keeps a
+//! quorum client from being split across nodes; ties go by arrival.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -8,7 +14,8 @@ pub type KeyId = (i32, Vec<u8>);
 
 #[derive(Debug)]
 pub struct WaitQueues<T> {
-    queues: HashMap<KeyId, VecDeque<u64>>,
+    /// (ticket, id), sorted.
+    queues: HashMap<KeyId, VecDeque<(u64, u64)>>,
     waiters: HashMap<u64, (KeyId, T)>,
     next_id: u64,
 }
@@ -24,11 +31,14 @@ impl<T> Default for WaitQueues<T> {
 }
 
 impl<T> WaitQueues<T> {
-    /// Queue a waiter at the back of `key`'s queue; returns its id.
-    pub fn push(&mut self, key: KeyId, waiter: T) -> u64 {
+    /// Queue a waiter behind every waiter of `key` with a ticket not
+    /// greater than its own; returns its id.
+    pub fn push(&mut self, key: KeyId, ticket: u64, waiter: T) -> u64 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.queues.entry(key.clone()).or_default().push_back(id);
+        let queue = self.queues.entry(key.clone()).or_default();
+        let at = queue.partition_point(|(t, _)| *t <= ticket);
+        queue.insert(at, (ticket, id));
         self.waiters.insert(id, (key, waiter));
         id
     }
@@ -36,7 +46,7 @@ impl<T> WaitQueues<T> {
     /// Take the waiter at the front of `key`'s queue.
     pub fn pop_front(&mut self, key: &KeyId) -> Option<(u64, T)> {
         let queue = self.queues.get_mut(key)?;
-        let id = queue.pop_front();
+        let id = queue.pop_front().map(|(_, id)| id);
         if queue.is_empty() {
             self.queues.remove(key);
         }
@@ -48,7 +58,7 @@ impl<T> WaitQueues<T> {
     pub fn remove(&mut self, id: u64) -> Option<T> {
         let (key, waiter) = self.waiters.remove(&id)?;
         if let Some(queue) = self.queues.get_mut(&key) {
-            queue.retain(|w| *w != id);
+            queue.retain(|(_, w)| *w != id);
             if queue.is_empty() {
                 self.queues.remove(&key);
             }
@@ -105,9 +115,9 @@ mod tests {
     #[test]
     fn waiters_are_served_in_arrival_order_per_key() {
         let mut q = WaitQueues::default();
-        let a = q.push(key("x"), "a");
-        let _b = q.push(key("y"), "b");
-        let c = q.push(key("x"), "c");
+        let a = q.push(key("x"), 5, "a");
+        let _b = q.push(key("y"), 1, "b");
+        let c = q.push(key("x"), 5, "c");
         assert_eq!(q.len(&key("x")), 2);
         assert_eq!(q.pop_front(&key("x")), Some((a, "a")));
         assert_eq!(q.pop_front(&key("x")), Some((c, "c")));
@@ -116,10 +126,21 @@ mod tests {
     }
 
     #[test]
+    fn lower_tickets_go_first_and_ties_keep_arrival_order() {
+        let mut q = WaitQueues::default();
+        let late = q.push(key("x"), 300, "late");
+        let early = q.push(key("x"), 100, "early");
+        let tie = q.push(key("x"), 100, "tie");
+        let order: Vec<_> =
+            std::iter::from_fn(|| q.pop_front(&key("x")).map(|(id, _)| id)).collect();
+        assert_eq!(order, vec![early, tie, late]);
+    }
+
+    #[test]
     fn a_removed_waiter_is_skipped_and_empty_queues_vanish() {
         let mut q = WaitQueues::default();
-        let a = q.push(key("x"), 1);
-        let b = q.push(key("x"), 2);
+        let a = q.push(key("x"), 0, 1);
+        let b = q.push(key("x"), 0, 2);
         assert_eq!(q.remove(a), Some(1));
         assert_eq!(q.remove(a), None);
         assert_eq!(q.pop_front(&key("x")), Some((b, 2)));
@@ -130,7 +151,7 @@ mod tests {
     #[test]
     fn swap_db_moves_queues() {
         let mut q = WaitQueues::default();
-        let a = q.push((0, b"k".to_vec()), ());
+        let a = q.push((0, b"k".to_vec()), 0, ());
         q.swap_db(0, 1);
         assert_eq!(q.keys_in(1), vec![(1, b"k".to_vec())]);
         assert_eq!(q.pop_front(&(1, b"k".to_vec())), Some((a, ())));

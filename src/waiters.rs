@@ -52,6 +52,24 @@ pub fn total() -> usize {
     with(|s| s.queues.total())
 }
 
+/// The wall clock (us) when the module loaded, and the monotonic clock then.
+static CLOCK_BASE: Mutex<(u64, Micros)> = Mutex::new((0, 0));
+
+/// Fix the base of arrival tickets; called once at load.
+pub fn init_clock(wall_micros: u64) {
+    let mut base = CLOCK_BASE.lock().unwrap_or_else(|p| p.into_inner());
+    *base = (wall_micros, clock::now());
+}
+
+/// The ticket of a waiter without `TICKET`: the node's wall-clock time of
+/// arrival in microseconds, advanced by the monotonic clock, so it never
+/// goes backwards (FIFO holds through clock steps) and it interleaves by
+/// time with the clients' own tickets.
+fn arrival_ticket() -> u64 {
+    let (wall, mono) = *CLOCK_BASE.lock().unwrap_or_else(|p| p.into_inner());
+    wall.saturating_add(clock::now().saturating_sub(mono))
+}
+
 /// Whether the current client may block: not inside MULTI, a script, or
 /// anything else that denies blocking. There `WAIT` is a single try.
 pub fn can_block(ctx: &Context) -> bool {
@@ -69,7 +87,9 @@ pub fn block(
     key: KeyId,
     req: &AcquireRequest,
     timeout_ms: u64,
+    ticket: Option<u64>,
 ) -> Result<(), RedisError> {
+    let ticket = ticket.unwrap_or_else(arrival_ticket);
     let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
     // SAFETY: a command context; the callbacks have the signatures Redis calls.
     let bc = unsafe {
@@ -94,7 +114,7 @@ pub fn block(
         max_hold: req.max_hold,
     };
     with(|s| {
-        let id = s.queues.push(key, waiter);
+        let id = s.queues.push(key, ticket, waiter);
         s.ids.insert(bc as usize, id);
     });
     // SAFETY: a handle just returned by BlockClient.
