@@ -243,3 +243,45 @@ fn lock_owner_of(token: &str) -> String {
     acquire(&mut c, "probe", token, 1_000).unwrap();
     owner(&mut c, "probe").unwrap()
 }
+
+#[test]
+fn tickets_order_the_queue() {
+    for flavor in testkit::flavors() {
+        let server = Server::start(flavor);
+        let mut c = server.conn();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
+        let mut handles = Vec::new();
+        for (i, (token, ticket)) in [("t300", "300"), ("t100", "100"), ("t200", "200")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut w = server.conn();
+            handles.push((
+                token,
+                thread::spawn(move || {
+                    acquire_with(
+                        &mut w,
+                        "k",
+                        token,
+                        60_000,
+                        &["WAIT", "20000", "TICKET", ticket],
+                    )
+                }),
+            ));
+            wait_for_waiters(&mut c, "k", i as i64 + 1);
+        }
+        let mut holder = "a".to_string();
+        let mut served = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(release(&mut c, "k", holder.as_str()), 1);
+            let next = testkit::eventually(Duration::from_secs(5), "next holder", || {
+                handles.iter().position(|(_, h)| h.is_finished())
+            });
+            let (token, handle) = handles.remove(next);
+            assert!(handle.join().unwrap().is_some());
+            served.push(token);
+            holder = token.to_string();
+        }
+        assert_eq!(served, ["t100", "t200", "t300"], "{flavor}");
+    }
+}
