@@ -136,10 +136,12 @@ fn published(ctx: &Context, name: &RedisString, payload: &[u8], deadline: Micros
 pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::acquire(req.args, limits()).map_err(arg_error)?;
     let db = ffi::selected_db(ctx);
-    if let Some(name) = req.key(ctx) {
-        // Waiters are served first (FIFO): a lock that has ended goes to
-        // the head of its queue before anyone new can take it.
-        waiters::serve_if_free(ctx, db, &name);
+    if waiters::total() > 0 {
+        if let Some(name) = req.key(ctx) {
+            // Waiters are served first: a lock that has ended goes to the
+            // head of its queue before anyone new can take it.
+            waiters::serve_if_free(ctx, db, &name);
+        }
     }
     let slot = open(ctx, req)?;
     let now = clock::now();

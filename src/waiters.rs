@@ -12,6 +12,7 @@ use redis_module::key::RedisKeyWritable;
 use redis_module::{raw, Context, RedisError, RedisString};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,12 +45,23 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     f(guard.get_or_insert_with(State::default))
 }
 
+/// Clients waiting on any key: lets the hot path skip the queue lookup
+/// (which hashes and copies the key) when nobody waits, the common case.
+static TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+fn update_total(s: &State) {
+    TOTAL.store(s.queues.total(), Ordering::Relaxed);
+}
+
 pub fn waiting(db: i32, key: &[u8]) -> usize {
+    if TOTAL.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
     with(|s| s.queues.len(&(db, key.to_vec())))
 }
 
 pub fn total() -> usize {
-    with(|s| s.queues.total())
+    TOTAL.load(Ordering::Relaxed)
 }
 
 /// The wall clock (us) when the module loaded, and the monotonic clock then.
@@ -116,6 +128,7 @@ pub fn block(
     with(|s| {
         let id = s.queues.push(key, ticket, waiter);
         s.ids.insert(bc as usize, id);
+        update_total(s);
     });
     // SAFETY: a handle just returned by BlockClient.
     unsafe {
@@ -135,6 +148,7 @@ pub fn hand_over(ctx: &Context, db: i32, name: &RedisString, key: &RedisKeyWrita
         if let Some((_, w)) = &next {
             s.ids.remove(&(w.bc.0 as usize));
         }
+        update_total(s);
         next
     }) else {
         return;
@@ -293,8 +307,12 @@ unsafe extern "C" fn disconnect_cb(
 
 /// Take a blocked client out of its queue; whether it was queued.
 fn forget(bc: *mut raw::RedisModuleBlockedClient) -> bool {
-    with(|s| match s.ids.remove(&(bc as usize)) {
-        Some(id) => s.queues.remove(id).is_some(),
-        None => false,
+    with(|s| {
+        let queued = match s.ids.remove(&(bc as usize)) {
+            Some(id) => s.queues.remove(id).is_some(),
+            None => false,
+        };
+        update_total(s);
+        queued
     })
 }
