@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Acquire+release latency of the quorum client on 1 and 5 local nodes, and of
-# rslock 0.10 on the same 5 nodes, in one run. Prints a table with ratios.
+# rslock 0.10 on the same 5 nodes, in one run; and fenced acquisition (the
+# default) against unfenced on the same 5 nodes. Prints tables with ratios.
 #
 #   scripts/bench-client.sh [iterations]     (default 4000 per configuration)
 #   BENCH_SPIN=1 scripts/bench-client.sh     (keep every CPU busy, see below)

@@ -1,6 +1,7 @@
 //! Acquire+release latency of this client on 1 and 5 nodes, and of `rslock`
 //! on the same 5 nodes, measured in one run and printed as a table with
-//! ratios.
+//! ratios; and the cost of fenced acquisition (the default: a raise round
+//! after the grant) against unfenced, on the same 5 nodes.
 //!
 //! Run through `scripts/bench-client.sh` (release build, module from
 //! `target/release`), or directly:
@@ -75,14 +76,38 @@ fn thread_cpu() -> Duration {
 }
 
 async fn ours(client: &Client, resource: &str, n: usize, out: &mut Samples) {
-    let cpu = thread_cpu();
+    let mut acquire_only = Samples::default();
+    ours_split(client, resource, n, out, &mut acquire_only, None).await;
+}
+
+/// As `ours`, and the acquisition alone (up to the lease in hand) into
+/// `acquire_only`. With `bump`, a single-node client takes and releases
+/// another lock before each iteration (untimed), which moves that node's
+/// counter one ahead of the others': the fences a round is granted then
+/// differ, and fenced acquisition has to raise every time.
+async fn ours_split(
+    client: &Client,
+    resource: &str,
+    n: usize,
+    out: &mut Samples,
+    acquire_only: &mut Samples,
+    bump: Option<&Client>,
+) {
+    let mut cpu = Duration::ZERO;
     for _ in 0..n {
+        if let Some(b) = bump {
+            let lease = b.try_acquire("bench:bump", TTL).await.unwrap();
+            b.release(&lease).await.unwrap();
+        }
+        let cpu0 = thread_cpu();
         let t = Instant::now();
         let lease = client.try_acquire(resource, TTL).await.unwrap();
+        acquire_only.0.push(t.elapsed());
         client.release(&lease).await.unwrap();
         out.0.push(t.elapsed());
+        cpu += thread_cpu().saturating_sub(cpu0);
     }
-    out.1 += thread_cpu().saturating_sub(cpu);
+    out.1 += cpu;
 }
 
 async fn theirs(manager: &rslock::LockManager, resource: &str, n: usize, out: &mut Samples) {
@@ -114,15 +139,24 @@ fn main() {
     rt.block_on(async {
         let one = Client::new(Config::builder(vec![urls[0].clone()]).build().unwrap()).unwrap();
         let five = Client::new(Config::builder(urls.clone()).build().unwrap()).unwrap();
+        let five_unfenced = Client::new(
+            Config::builder(urls.clone())
+                .fenced(false)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
         let rs_one = rslock::LockManager::new(vec![urls[0].clone()]);
         let rs_five = rslock::LockManager::new(urls.clone());
         one.connect().await.unwrap();
         five.connect().await.unwrap();
+        five_unfenced.connect().await.unwrap();
 
         // Warm up connections and caches.
         let mut sink = Samples::default();
         ours(&one, "bench:warm", 200, &mut sink).await;
         ours(&five, "bench:warm", 200, &mut sink).await;
+        ours(&five_unfenced, "bench:warm", 200, &mut sink).await;
         theirs(&rs_one, "bench:warm", 200, &mut sink).await;
         theirs(&rs_five, "bench:warm", 200, &mut sink).await;
 
@@ -132,9 +166,29 @@ fn main() {
             Samples::default(),
             Samples::default(),
         );
+        // Fenced (b, the default) and unfenced (u) on 5 nodes, with the
+        // acquisition alone timed too (ba, ua). One hot lock keeps the
+        // counters of the nodes that usually grant in step (each raise
+        // levels them), so most rounds need no raise; with node 0's counter
+        // pushed ahead before every round (x, xa) each one does.
+        let (mut u, mut ba, mut ua) = (
+            Samples::default(),
+            Samples::default(),
+            Samples::default(),
+        );
+        let (mut x, mut xa, mut xu, mut xua) = (
+            Samples::default(),
+            Samples::default(),
+            Samples::default(),
+            Samples::default(),
+        );
+        let bump = Client::new(Config::builder(vec![urls[0].clone()]).build().unwrap()).unwrap();
         for _ in 0..ROUNDS {
             ours(&one, "bench:1", per_round, &mut a).await;
-            ours(&five, "bench:5", per_round, &mut b).await;
+            ours_split(&five, "bench:5", per_round, &mut b, &mut ba, None).await;
+            ours_split(&five_unfenced, "bench:5u", per_round, &mut u, &mut ua, None).await;
+            ours_split(&five, "bench:5x", per_round, &mut x, &mut xa, Some(&bump)).await;
+            ours_split(&five_unfenced, "bench:5xu", per_round, &mut xu, &mut xua, Some(&bump)).await;
             theirs(&rs_five, "bench:rs5", per_round, &mut c).await;
             theirs(&rs_one, "bench:rs1", per_round, &mut d).await;
         }
@@ -160,6 +214,9 @@ fn main() {
         for (name, s) in [
             ("redis-lock-client, 1 node", &a),
             ("redis-lock-client, 5 nodes", &b),
+            ("redis-lock-client, 5 nodes, unfenced", &u),
+            ("  ... fenced, counters apart", &x),
+            ("  ... unfenced, counters apart", &xu),
             ("rslock 0.10, 1 node", &d),
             ("rslock 0.10, 5 nodes", &c),
             ("redis-lock-client, 5 nodes, 1 paused", &e),
@@ -177,6 +234,40 @@ fn main() {
             );
         }
         println!();
+        println!(
+            "{:<44} {:>6} {:>10} {:>10}",
+            "acquisition alone, 5 nodes", "n", "p50 us", "p99 us"
+        );
+        for (name, s) in [
+            ("fenced (default), hot lock", &ba),
+            ("unfenced, hot lock", &ua),
+            ("fenced, counters apart (raise ~every round)", &xa),
+            ("unfenced, counters apart", &xua),
+        ] {
+            println!(
+                "{:<44} {:>6} {:>10.1} {:>10.1}",
+                name,
+                s.0.len(),
+                us(s.quantile(0.5)),
+                us(s.quantile(0.99)),
+            );
+        }
+        println!();
+        for (name, f, nf) in [
+            ("hot lock", &ba, &ua),
+            ("counters apart", &xa, &xua),
+            ("hot lock, acquire+release", &b, &u),
+            ("counters apart, acquire+release", &x, &xu),
+        ] {
+            println!(
+                "fenced / unfenced, 5 nodes, {:<32} p50 {:.2}x ({:+.0} us)  p99 {:.2}x ({:+.0} us)",
+                format!("{name}:"),
+                us(f.quantile(0.5)) / us(nf.quantile(0.5)),
+                us(f.quantile(0.5)) - us(nf.quantile(0.5)),
+                us(f.quantile(0.99)) / us(nf.quantile(0.99)),
+                us(f.quantile(0.99)) - us(nf.quantile(0.99)),
+            );
+        }
         println!(
             "this client, 5 nodes / 1 node:        p50 {:.2}x  p99 {:.2}x   (target <= 1.5x)",
             us(b.quantile(0.5)) / us(base50),

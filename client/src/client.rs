@@ -14,7 +14,9 @@ use crate::error::{Error, LossReason, NodeError};
 use crate::guard::{HeldLease, LockGuard};
 use crate::lease::{Lease, Token};
 use crate::node::Node;
-use crate::quorum::{self, Decision, Tally, Vote};
+use crate::quorum::{self, Decision, Raise, Tally, Vote};
+
+mod queued;
 
 /// The outcome of a release: how many nodes held the lock for this token.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -206,6 +208,9 @@ impl Client {
         Self::check_resource(resource)?;
         let ttl = self.check_ttl(ttl)?;
         let token = Token::random()?;
+        if self.inner.config.server_wait && !wait.is_zero() {
+            return self.acquire_queued(resource, &token, ttl, wait).await;
+        }
         let backoff = self.inner.config.backoff();
         let started = Instant::now();
         let mut attempts: u32 = 0;
@@ -263,7 +268,8 @@ impl Client {
         };
         let started = Instant::now();
         let mut tally = Tally::new(n, inner.config.quorum);
-        let mut granted_nodes = Vec::new();
+        // (node, fence) of every grant.
+        let mut granted: Vec<(usize, u64)> = Vec::new();
         let mut errors = Vec::new();
         // Nodes that may hold our token after the round: all but those that
         // answered that someone else holds it.
@@ -275,7 +281,8 @@ impl Client {
                 .map(|node| async move {
                     (
                         node.index,
-                        node.acquire(resource, token.as_str(), ttl.millis).await,
+                        node.acquire(resource, token.as_str(), ttl.millis, None)
+                            .await,
                     )
                 })
                 .collect();
@@ -283,7 +290,7 @@ impl Client {
                 match answer {
                     Ok(Some(fence)) => {
                         tally.record(Vote::Granted(fence));
-                        granted_nodes.push(i);
+                        granted.push((i, fence));
                     }
                     Ok(None) => {
                         tally.record(Vote::Refused);
@@ -307,15 +314,48 @@ impl Client {
             // same connection.
         }
         let now = Instant::now();
-        let elapsed = now.saturating_duration_since(started);
-        granted_nodes.sort_unstable();
+        granted.sort_unstable();
 
         if tally.decision() == Some(Decision::Won) {
             let drift = inner.config.drift(ttl.duration);
+            let mut fence = tally.max_fence().unwrap_or_default();
+            let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
+            // Fenced: a quorum must hold the lease's fence before it is
+            // handed out. Not worth a round trip once no validity is left.
+            if inner.config.fenced
+                && quorum::valid_until(started, ttl.duration, drift, now).is_some()
+            {
+                let raised = raise_fences(inner, resource, token, ttl, &granted).await;
+                match raised.raise.fence() {
+                    Some(raised_fence) => {
+                        fence = raised_fence;
+                        nodes = raised.holders;
+                    }
+                    None => {
+                        release_nodes(inner, resource, token, &may_hold, Wait::All).await;
+                        cancel_guard.armed = false;
+                        let t = raised.raise.tally();
+                        tracing::debug!(
+                            resource,
+                            floor = raised.raise.floor(),
+                            confirmed = t.granted(),
+                            refused = t.refused(),
+                            failed = t.failed(),
+                            elapsed = ?started.elapsed(),
+                            "fence raise failed, released"
+                        );
+                        errors.extend(raised.errors);
+                        return Err(raise_error(resource, &raised.raise, n, errors));
+                    }
+                }
+            }
+            // Validity counts from before the first request of the round,
+            // so the raise round comes out of it.
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(started);
             if let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now) {
                 cancel_guard.armed = false;
-                let fence = self.settle_fence(&tally);
-                tracing::debug!(resource, fence, nodes = ?granted_nodes, ?elapsed, "acquired");
+                tracing::debug!(resource, fence, ?nodes, ?elapsed, "acquired");
                 return Ok(Lease {
                     resource: resource.to_owned(),
                     token: token.clone(),
@@ -324,7 +364,7 @@ impl Client {
                     renewed_at: started,
                     valid_until,
                     ttl: ttl.duration,
-                    nodes: granted_nodes,
+                    nodes,
                 });
             }
             release_nodes(inner, resource, token, &may_hold, Wait::All).await;
@@ -348,17 +388,10 @@ impl Client {
             granted = tally.granted(),
             refused = tally.refused(),
             failed = tally.failed(),
-            ?elapsed,
+            elapsed = ?now.saturating_duration_since(started),
             "not acquired"
         );
         Err(round_error(resource, &tally, errors))
-    }
-
-    /// The lease's fencing token. For now the largest fence among the
-    /// granting nodes; this is where a floor-raise round (making fences
-    /// monotonic across the node set) will go.
-    fn settle_fence(&self, tally: &Tally) -> u64 {
-        tally.max_fence().unwrap_or_default()
     }
 
     /// Extends the lease on a quorum to `ttl` from now, within its remaining
@@ -564,6 +597,103 @@ fn round_error(resource: &str, tally: &Tally, node_errors: Vec<NodeError>) -> Er
             nodes: tally.nodes(),
             node_errors,
         }
+    }
+}
+
+/// A fence raise that failed: unreachable if a node failed to confirm,
+/// taken if one answered that another token now holds the lock there (our
+/// grant had ended on it).
+fn raise_error(resource: &str, raise: &Raise, nodes: usize, node_errors: Vec<NodeError>) -> Error {
+    let t = raise.tally();
+    if t.failed() > 0 {
+        Error::Unreachable {
+            resource: resource.to_owned(),
+            answered: t.granted() + t.refused(),
+            quorum: t.quorum(),
+            nodes,
+            node_errors,
+        }
+    } else {
+        Error::Taken {
+            resource: resource.to_owned(),
+            held_elsewhere: t.refused(),
+            granted: t.granted(),
+            quorum: t.quorum(),
+            nodes,
+            node_errors,
+        }
+    }
+}
+
+/// The outcome of a raise round: the tally and the nodes that hold the
+/// floor for our token (those granted it in the round, and those that
+/// confirmed the raise).
+struct Raised {
+    raise: Raise,
+    holders: Vec<usize>,
+    errors: Vec<NodeError>,
+}
+
+/// The raise round of a fenced acquisition (see [`Raise`]): sends
+/// `LOCK.ACQUIRE resource token ttl FENCE T` to every granting node whose
+/// fence is below `T`, in parallel, each bounded by the per-node timeouts,
+/// and stops as soon as the outcome is certain.
+async fn raise_fences(
+    inner: &Inner,
+    resource: &str,
+    token: &Token,
+    ttl: Ttl,
+    granted: &[(usize, u64)],
+) -> Raised {
+    let fences: Vec<u64> = granted.iter().map(|(_, f)| *f).collect();
+    let mut raise = Raise::new(inner.config.quorum, &fences);
+    let floor = raise.floor();
+    let mut holders: Vec<usize> = granted
+        .iter()
+        .filter(|(_, f)| !raise.needs_raise(*f))
+        .map(|(i, _)| *i)
+        .collect();
+    let mut errors = Vec::new();
+    if raise.decision().is_none() {
+        let mut pending: FuturesUnordered<_> = granted
+            .iter()
+            .filter(|(_, f)| raise.needs_raise(*f))
+            .filter_map(|(i, _)| inner.nodes.get(*i))
+            .map(|node| async move {
+                (
+                    node.index,
+                    node.acquire(resource, token.as_str(), ttl.millis, Some(floor))
+                        .await,
+                )
+            })
+            .collect();
+        while let Some((i, answer)) = pending.next().await {
+            match answer {
+                Ok(Some(fence)) => {
+                    raise.record(Vote::Granted(fence));
+                    if fence >= floor {
+                        holders.push(i);
+                    }
+                }
+                Ok(None) => raise.record(Vote::Refused),
+                Err(e) => {
+                    tracing::debug!(resource, error = %e, "fence raise failed on a node");
+                    raise.record(Vote::Failed);
+                    errors.push(e);
+                }
+            }
+            if raise.decision().is_some() {
+                break;
+            }
+        }
+        // As in the round: the stragglers' raises, if sent, land or not;
+        // either way the lease does not count on them.
+    }
+    holders.sort_unstable();
+    Raised {
+        raise,
+        holders,
+        errors,
     }
 }
 

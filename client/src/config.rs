@@ -100,6 +100,8 @@ pub struct Config {
     pub(crate) drift_fixed: Duration,
     pub(crate) default_wait: Duration,
     pub(crate) max_hold: Duration,
+    pub(crate) fenced: bool,
+    pub(crate) server_wait: bool,
 }
 
 impl Config {
@@ -161,6 +163,18 @@ impl Config {
         self.max_hold
     }
 
+    /// Whether [`crate::Client::acquire`] waits in the nodes' queues
+    /// (`LOCK.ACQUIRE ... WAIT`) rather than polling.
+    pub fn server_wait(&self) -> bool {
+        self.server_wait
+    }
+
+    /// Whether acquisition raises the granting nodes to a common fence, so
+    /// that fences increase across the node set (the default).
+    pub fn fenced(&self) -> bool {
+        self.fenced
+    }
+
     pub(crate) fn backoff(&self) -> quorum::Backoff {
         quorum::Backoff {
             base: self.retry_delay,
@@ -187,6 +201,8 @@ pub struct ConfigBuilder {
     drift_fixed: Duration,
     default_wait: Duration,
     max_hold: Duration,
+    fenced: bool,
+    server_wait: bool,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -218,6 +234,8 @@ impl ConfigBuilder {
             drift_fixed: DEFAULT_DRIFT_FIXED,
             default_wait: DEFAULT_WAIT,
             max_hold: DEFAULT_MAX_HOLD,
+            fenced: true,
+            server_wait: true,
         }
     }
 
@@ -294,6 +312,31 @@ impl ConfigBuilder {
     /// (default 10 minutes; `Duration::MAX` for no bound).
     pub fn max_hold(mut self, max_hold: Duration) -> Self {
         self.max_hold = max_hold;
+        self
+    }
+
+    /// Wait for a taken lock in the nodes' FIFO queues (`LOCK.ACQUIRE ...
+    /// WAIT`), woken the moment it is freed (default), or poll with
+    /// randomized backoff (`false`).
+    pub fn server_wait(mut self, on: bool) -> Self {
+        self.server_wait = on;
+        self
+    }
+
+    /// Fenced acquisition (default `true`): after a won round the client
+    /// takes the largest fence `T` among the granting nodes and raises every
+    /// granting node below it to `T` (`LOCK.ACQUIRE ... FENCE T`); the lease
+    /// is handed out only once a quorum holds `T`, and its fence is `T`.
+    /// Fences then increase across the whole node set: a lease granted
+    /// after another ended has a greater fence, whichever majorities granted
+    /// them (docs/DESIGN.md, "Fencing tokens").
+    ///
+    /// `false` saves that round trip (when the fences differ, which is
+    /// nearly always on more than one node), and the lease's fence is then
+    /// only the largest of its granting nodes' fences: monotonic per node,
+    /// not across the set. Use it only when nothing checks the fence.
+    pub fn fenced(mut self, fenced: bool) -> Self {
+        self.fenced = fenced;
         self
     }
 
@@ -394,6 +437,8 @@ impl ConfigBuilder {
             drift_fixed: self.drift_fixed,
             default_wait: self.default_wait,
             max_hold: self.max_hold,
+            server_wait: self.server_wait,
+            fenced: self.fenced,
         })
     }
 }
@@ -450,6 +495,12 @@ mod tests {
         assert_eq!(c.quorum(), 1);
         assert_eq!(c.request_timeout(), Duration::from_millis(50));
         assert_eq!(c.drift(Duration::from_secs(10)), Duration::from_millis(102));
+        assert!(c.fenced());
+        let unfenced = Config::builder("redis://127.0.0.1:1")
+            .fenced(false)
+            .build()
+            .unwrap();
+        assert!(!unfenced.fenced());
         let five = Config::from_urls(
             (1..=5)
                 .map(|p| format!("redis://127.0.0.1:{p}"))

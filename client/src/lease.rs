@@ -88,8 +88,14 @@ impl Lease {
     }
 
     /// The fencing token: pass it to the protected resource, which must
-    /// refuse a write carrying a smaller fence than one it has seen. It is
-    /// the largest of the granting nodes' fences.
+    /// refuse a write carrying a smaller fence than one it has seen.
+    ///
+    /// With fenced acquisition (the default) a quorum of nodes held it
+    /// before the lease was handed out, so a lease granted after this one
+    /// ended has a greater fence, whichever majority granted it. Unfenced
+    /// (`Config::builder(..).fenced(false)`), it is only the largest of the
+    /// granting nodes' fences: monotonic per node, not across the set.
+    /// Extension keeps it.
     pub fn fence(&self) -> u64 {
         self.fence
     }
@@ -126,7 +132,7 @@ impl Lease {
     }
 
     /// The nodes (indexes in the configured list) that granted the last
-    /// acquisition or extension.
+    /// acquisition (fenced: that hold its fence) or extension.
     pub fn nodes(&self) -> &[usize] {
         &self.nodes
     }

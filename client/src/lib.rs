@@ -33,9 +33,9 @@
 //! # }
 //! ```
 //!
-//! The quorum arithmetic (tally, validity, drift, backoff, renewal times)
-//! lives in a pure module with time passed in; IO is at the edge
-//! (`node.rs`). A [`blocking`] facade owns a runtime for programs without
+//! The quorum arithmetic (tally, fence raise, validity, drift, backoff,
+//! renewal times) lives in a pure module with time passed in; IO is at the
+//! edge (`node.rs`). A [`blocking`] facade owns a runtime for programs without
 //! tokio.
 
 pub mod blocking;

@@ -178,21 +178,30 @@ impl Node {
         )
     }
 
-    /// `LOCK.ACQUIRE key token ttl-ms`: the fence if granted, `None` if held
-    /// by another token.
+    /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor]`: the fence if our token
+    /// now holds the lock, `None` if another token holds it. With a floor
+    /// (at least 1), the lock's fence and the node's counter are raised to
+    /// it (owner-checked: a lock held by another token is left alone).
     pub(crate) async fn acquire(
         &self,
         key: &str,
         token: &str,
         ttl_ms: u64,
+        floor: Option<u64>,
     ) -> Result<Option<u64>, NodeError> {
         let mut cmd = redis::cmd("LOCK.ACQUIRE");
         cmd.arg(key).arg(token).arg(ttl_ms);
+        if let Some(floor) = floor {
+            cmd.arg("FENCE").arg(floor);
+        }
         match self.query(&cmd).await? {
             Value::Nil => Ok(None),
+            // The module never grants below the floor it was given.
             Value::Int(fence) => u64::try_from(fence)
+                .ok()
+                .filter(|f| floor.is_none_or(|floor| *f >= floor))
                 .map(Some)
-                .map_err(|_| self.protocol("LOCK.ACQUIRE", &Value::Int(fence))),
+                .ok_or_else(|| self.protocol("LOCK.ACQUIRE", &Value::Int(fence))),
             other => Err(self.protocol("LOCK.ACQUIRE", &other)),
         }
     }
@@ -215,6 +224,57 @@ impl Node {
         let mut cmd = redis::cmd("LOCK.RELEASE");
         cmd.arg(key).arg(token);
         self.flag("LOCK.RELEASE", &cmd).await
+    }
+
+    /// `LOCK.ACQUIRE key token ttl-ms WAIT wait-ms` on a connection of its
+    /// own: a blocked command holds up every later request on its
+    /// connection, so it must not use the shared one. Dropping the future
+    /// closes the connection, which takes the waiter out of the node's queue.
+    pub(crate) async fn acquire_waiting(
+        &self,
+        key: &str,
+        token: &str,
+        ttl_ms: u64,
+        wait_ms: u64,
+        ticket: u64,
+    ) -> Result<Option<u64>, NodeError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None);
+        let mut conn = match timeout(
+            self.connect_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(self.classify(&e, Phase::Connect)),
+            Err(_) => {
+                return Err(self.error(
+                    NodeErrorKind::Timeout,
+                    format!("no connection within {:?}", self.connect_timeout),
+                ))
+            }
+        };
+        let mut cmd = redis::cmd("LOCK.ACQUIRE");
+        cmd.arg(key)
+            .arg(token)
+            .arg(ttl_ms)
+            .arg("WAIT")
+            .arg(wait_ms)
+            .arg("TICKET")
+            .arg(ticket);
+        let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
+        match timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
+            Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),
+            Ok(Err(e)) => Err(self.classify(&e, Phase::Request)),
+            Ok(Ok(Value::Nil)) => Ok(None),
+            Ok(Ok(Value::Int(fence))) => u64::try_from(fence)
+                .map(Some)
+                .map_err(|_| self.protocol("LOCK.ACQUIRE", &Value::Int(fence))),
+            Ok(Ok(other)) => Err(self.protocol("LOCK.ACQUIRE", &other)),
+        }
     }
 
     async fn flag(&self, what: &str, cmd: &Cmd) -> Result<bool, NodeError> {

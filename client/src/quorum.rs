@@ -128,6 +128,102 @@ impl Tally {
     }
 }
 
+/// The fence raise that follows a won acquisition round (fenced mode): it
+/// makes a quorum of nodes hold the lease's fence, so that every later grant
+/// by any quorum is above it (the argument is in `docs/DESIGN.md`, "Fencing
+/// tokens").
+///
+/// The floor `T` is the largest fence among the granting nodes. A granting
+/// node whose own fence is `T` already holds it (a node's counter is at
+/// least every fence it handed out), so it counts as confirmed without a
+/// request. Every other granting node is sent `LOCK.ACQUIRE ... FENCE T`
+/// and confirms by replying a fence `>= T` for our token: the module never
+/// lowers a fence, so a reply above `T` only means the node granted our
+/// token afresh (its first grant was lost), and its counter is above `T`
+/// all the same. A reply below `T` breaks the module's contract and counts
+/// as a failure; nil (another token holds it there) as a refusal.
+///
+/// The raise is won once `quorum` granting nodes confirm. The lease's fence
+/// is then the largest value a quorum of them confirmed: the
+/// `quorum`-th largest confirmed fence. It is at least `T`, and is `T`
+/// unless `quorum` nodes replied above it, so no second raise is ever
+/// needed: whatever it is, a quorum holds a fence at least that high.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Raise {
+    floor: u64,
+    tally: Tally,
+    confirmed: Vec<u64>,
+}
+
+impl Raise {
+    /// The raise after a won round whose granting nodes replied `fences`
+    /// (one per granting node), needing `quorum` of them. The nodes already
+    /// at the floor are counted as confirmed.
+    pub(crate) fn new(quorum: usize, fences: &[u64]) -> Raise {
+        let floor = fences.iter().copied().max().unwrap_or(0);
+        let mut raise = Raise {
+            floor,
+            tally: Tally::new(fences.len(), quorum),
+            confirmed: Vec::with_capacity(fences.len()),
+        };
+        for &fence in fences {
+            if !raise.needs_raise(fence) {
+                raise.record(Vote::Granted(fence));
+            }
+        }
+        raise
+    }
+
+    /// `T`: the fence every granting node is raised to.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Whether a granting node that was granted `fence` must be sent the
+    /// raise (the others already hold the floor).
+    pub(crate) fn needs_raise(&self, fence: u64) -> bool {
+        fence < self.floor
+    }
+
+    /// Counts one raised node's reply: `Granted(f)` for a fence `f` held
+    /// by our token, `Refused` for nil, `Failed` for no usable answer.
+    pub(crate) fn record(&mut self, vote: Vote) {
+        if self.tally.answered() >= self.tally.nodes() {
+            return;
+        }
+        let vote = match vote {
+            Vote::Granted(fence) if fence < self.floor => Vote::Failed,
+            other => other,
+        };
+        if let Vote::Granted(fence) = vote {
+            self.confirmed.push(fence);
+        }
+        self.tally.record(vote);
+    }
+
+    /// As for an acquisition round: `Won` once a quorum confirmed, `Lost`
+    /// once a quorum cannot.
+    pub(crate) fn decision(&self) -> Option<Decision> {
+        self.tally.decision()
+    }
+
+    /// The lease's fence once the raise is won: the largest value that a
+    /// quorum of nodes confirmed holding.
+    pub(crate) fn fence(&self) -> Option<u64> {
+        if self.decision() != Some(Decision::Won) {
+            return None;
+        }
+        let mut confirmed = self.confirmed.clone();
+        confirmed.sort_unstable_by(|a, b| b.cmp(a));
+        confirmed.get(self.tally.quorum().checked_sub(1)?).copied()
+    }
+
+    /// The answers so far, over all the granting nodes.
+    pub(crate) fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
 /// The smallest quorum that is a strict majority of `nodes`.
 pub(crate) fn majority(nodes: usize) -> usize {
     nodes / 2 + 1
@@ -323,10 +419,168 @@ mod tests {
         assert_eq!(tally_of(5, 3, &[R, F]).max_fence(), None);
     }
 
+    /// A raise over granting nodes that were granted `grants`, then
+    /// answered `replies` (one per node below the floor, in order).
+    fn raise_of(quorum: usize, grants: &[u64], replies: &[Vote]) -> Raise {
+        let mut r = Raise::new(quorum, grants);
+        for v in replies {
+            r.record(*v);
+        }
+        r
+    }
+
+    #[test]
+    fn raise_table() {
+        // (quorum, grants, replies of the nodes below the floor,
+        //  requests needed, decision, lease fence)
+        type Case<'a> = (
+            usize,
+            &'a [u64],
+            &'a [Vote],
+            usize,
+            Option<Decision>,
+            Option<u64>,
+        );
+        let cases: &[Case] = &[
+            // One node has the max: the two others are raised to it.
+            (3, &[5, 9, 7], &[], 2, None, None),
+            (3, &[5, 9, 7], &[G(9)], 2, None, None),
+            (
+                3,
+                &[5, 9, 7],
+                &[G(9), G(9)],
+                2,
+                Some(Decision::Won),
+                Some(9),
+            ),
+            // All equal (or a single node): nothing to ask, won at once.
+            (3, &[9, 9, 9], &[], 0, Some(Decision::Won), Some(9)),
+            (1, &[42], &[], 0, Some(Decision::Won), Some(42)),
+            // More grants than the quorum: the first confirmations decide.
+            (
+                3,
+                &[5, 9, 7, 8],
+                &[G(9), G(9)],
+                3,
+                Some(Decision::Won),
+                Some(9),
+            ),
+            (3, &[5, 9, 7, 8], &[F, G(9)], 3, None, None),
+            (
+                3,
+                &[5, 9, 7, 8],
+                &[F, G(9), G(9)],
+                3,
+                Some(Decision::Won),
+                Some(9),
+            ),
+            (3, &[5, 9, 7, 8], &[F, R], 3, Some(Decision::Lost), None),
+            // A failure or a refusal among exactly a quorum loses it.
+            (3, &[5, 9, 7], &[F], 2, Some(Decision::Lost), None),
+            (3, &[5, 9, 7], &[G(9), R], 2, Some(Decision::Lost), None),
+            // A reply below the floor breaks the contract: a failure.
+            (3, &[5, 9, 7], &[G(8)], 2, Some(Decision::Lost), None),
+            // A reply above the floor holds at least the floor; the fence
+            // is what a quorum holds: the floor unless a quorum is above.
+            (
+                3,
+                &[5, 9, 7],
+                &[G(12), G(9)],
+                2,
+                Some(Decision::Won),
+                Some(9),
+            ),
+            (
+                3,
+                &[5, 9, 7],
+                &[G(12), G(11)],
+                2,
+                Some(Decision::Won),
+                Some(9),
+            ),
+            (2, &[5, 9, 7], &[G(12)], 2, Some(Decision::Won), Some(9)),
+            (
+                2,
+                &[5, 9, 7],
+                &[G(12), G(11)],
+                2,
+                Some(Decision::Won),
+                Some(11),
+            ),
+        ];
+        for (quorum, grants, replies, ask, decision, fence) in cases {
+            let fresh = Raise::new(*quorum, grants);
+            assert_eq!(fresh.floor(), *grants.iter().max().unwrap());
+            assert_eq!(
+                grants.iter().filter(|f| fresh.needs_raise(**f)).count(),
+                *ask,
+                "{grants:?}"
+            );
+            assert_eq!(fresh.tally().pending(), *ask, "{grants:?}");
+            let r = raise_of(*quorum, grants, replies);
+            assert_eq!(r.decision(), *decision, "{grants:?} {replies:?}");
+            assert_eq!(r.fence(), *fence, "{grants:?} {replies:?}");
+        }
+    }
+
     #[test]
     fn extra_answers_are_ignored() {
         let t = tally_of(2, 2, &[G(1), G(2), G(3), R]);
         assert_eq!((t.granted(), t.refused(), t.answered()), (2, 0, 2));
+    }
+
+    /// The counterexample the raise exists for: each node counts on its
+    /// own, so without it the later of two leases, granted by another
+    /// majority, can carry the smaller fence.
+    #[test]
+    fn without_the_raise_fences_can_go_backwards() {
+        // Node counters far apart: node 0 is a million ahead.
+        let mut counters = [1_000_000u64, 10, 10, 10, 10];
+        let mut grant = |nodes: &[usize]| -> Vec<u64> {
+            nodes
+                .iter()
+                .map(|&i| {
+                    counters[i] += 1;
+                    counters[i]
+                })
+                .collect()
+        };
+        let a = grant(&[0, 1, 2]);
+        let b = grant(&[2, 3, 4]);
+        let (fa, fb) = (
+            Raise::new(3, &a).floor(),
+            tally_of(5, 3, &b.iter().map(|f| G(*f)).collect::<Vec<_>>())
+                .max_fence()
+                .unwrap(),
+        );
+        assert!(fb < fa, "unraised: {fb} after {fa}");
+        // With the raise, node 2 (in both majorities) is lifted to A's fence
+        // before A is handed out, so B's grant there is above it.
+        let mut counters = [1_000_000u64, 10, 10, 10, 10];
+        let a: Vec<u64> = [0, 1, 2]
+            .iter()
+            .map(|&i| {
+                counters[i] += 1;
+                counters[i]
+            })
+            .collect();
+        let mut r = Raise::new(3, &a);
+        for (&i, &f) in [0usize, 1, 2].iter().zip(&a) {
+            if r.needs_raise(f) {
+                counters[i] = counters[i].max(r.floor());
+                r.record(G(counters[i]));
+            }
+        }
+        let fa = r.fence().unwrap();
+        let b: Vec<u64> = [2, 3, 4]
+            .iter()
+            .map(|&i| {
+                counters[i] += 1;
+                counters[i]
+            })
+            .collect();
+        let fb = Raise::new(3, &b).floor();
+        assert!(fb > fa, "raised: {fb} after {fa}");
     }
 
     #[test]
@@ -479,6 +733,99 @@ mod tests {
                 }
             }
             prop_assert!(!(mine.decision() == Some(Decision::Won) && theirs.decision() == Some(Decision::Won)));
+        }
+
+        /// A won raise's fence is at least the floor, and a quorum of the
+        /// granting nodes holds a fence at least that high (those at the
+        /// floor, and those that confirmed); a decision is never premature.
+        #[test]
+        fn a_won_raise_is_held_by_a_quorum(
+            (n, q, grants, replies) in (1usize..=9).prop_flat_map(|n| {
+                (Just(n), majority(n)..=n,
+                 proptest::collection::vec(1u64..20, n),
+                 proptest::collection::vec(prop_oneof![
+                     (0u64..30).prop_map(Vote::Granted), Just(Vote::Refused), Just(Vote::Failed)
+                 ], n))
+            })
+        ) {
+            let _ = n;
+            let mut r = Raise::new(q, &grants);
+            let floor = r.floor();
+            prop_assert_eq!(floor, *grants.iter().max().unwrap());
+            let below: Vec<u64> = grants.iter().copied().filter(|f| r.needs_raise(*f)).collect();
+            let mut held: Vec<u64> = grants.iter().copied().filter(|f| *f >= floor).collect();
+            for (i, v) in replies.iter().take(below.len()).enumerate() {
+                let before = r.decision();
+                r.record(*v);
+                if let Vote::Granted(f) = v {
+                    if *f >= floor { held.push(*f); }
+                }
+                // Decided once means decided for good, and only when the
+                // remaining answers could not change it.
+                if let Some(d) = before { prop_assert_eq!(r.decision(), Some(d)); }
+                let pending = below.len() - (i + 1);
+                if r.decision().is_none() {
+                    prop_assert!(held.len() < q && held.len() + pending >= q);
+                }
+            }
+            match r.fence() {
+                Some(fence) => {
+                    prop_assert!(fence >= floor);
+                    prop_assert!(held.iter().filter(|f| **f >= fence).count() >= q);
+                }
+                None => prop_assert!(r.decision() != Some(Decision::Won)),
+            }
+            if held.len() >= q { prop_assert!(r.fence().is_some()); }
+        }
+
+        /// The protocol on a model of N nodes: leases one after another,
+        /// each granted by a random majority and raised with random lost
+        /// replies and lost requests. With the raise, every lease's fence
+        /// is above the previous one's; node counters start far apart and
+        /// jump (restarts raise them to the clock).
+        #[test]
+        fn raised_fences_increase_from_lease_to_lease(
+            n in 1usize..=7,
+            starts in proptest::collection::vec(1u64..1_000_000, 7),
+            leases in proptest::collection::vec(
+                (proptest::collection::vec(any::<bool>(), 7),   // which nodes grant
+                 proptest::collection::vec(0u8..4, 7),          // raise outcome per node
+                 proptest::option::of((0usize..7, 1u64..2_000_000))), // a counter jump
+                1..40)
+        ) {
+            let q = majority(n);
+            let mut counters: Vec<u64> = starts[..n].to_vec();
+            let mut last: Option<u64> = None;
+            for (grants, outcomes, jump) in leases {
+                if let Some((i, to)) = jump {
+                    let c = &mut counters[i % n];
+                    *c = (*c).max(to);
+                }
+                // Grant on the chosen nodes, or on the first q if too few.
+                let mut chosen: Vec<usize> = (0..n).filter(|i| grants[*i]).collect();
+                if chosen.len() < q { chosen = (0..q).collect(); }
+                let fences: Vec<u64> = chosen.iter().map(|&i| { counters[i] += 1; counters[i] }).collect();
+                let mut r = Raise::new(q, &fences);
+                let floor = r.floor();
+                for (&i, &f) in chosen.iter().zip(&fences) {
+                    if !r.needs_raise(f) { continue; }
+                    match outcomes[i] {
+                        // raised and confirmed
+                        0 => { counters[i] = counters[i].max(floor); r.record(Vote::Granted(floor)); }
+                        // the node had lost our grant: granted afresh, at least the floor
+                        1 => { counters[i] = (counters[i] + 1).max(floor); r.record(Vote::Granted(counters[i])); }
+                        // raised, reply lost
+                        2 => { counters[i] = counters[i].max(floor); r.record(Vote::Failed); }
+                        // request lost
+                        _ => r.record(Vote::Failed),
+                    }
+                }
+                let Some(fence) = r.fence() else { continue };
+                if let Some(prev) = last {
+                    prop_assert!(fence > prev, "fence {} after {}", fence, prev);
+                }
+                last = Some(fence);
+            }
         }
 
         /// Once the TTL has elapsed, validity is never positive, whatever the drift.

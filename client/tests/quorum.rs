@@ -75,13 +75,18 @@ async fn acquire_extend_release_on_five_nodes() {
     assert!(lease.nodes().len() >= 3, "granted by {:?}", lease.nodes());
     assert!(lease.remaining() > 1500 * MS && lease.remaining() <= 2000 * MS);
     assert!(lease.token().as_str().len() >= 40);
-    // The fence is the largest of the granting nodes' fences.
+    // The fence is the largest of the granting nodes' fences, and every
+    // node of the lease holds it (fenced acquisition raised them).
     let fences: Vec<i64> = lease
         .nodes()
         .iter()
         .map(|&i| info(&set.nodes[i], "res").unwrap()["fence"])
         .collect();
     assert_eq!(lease.fence(), *fences.iter().max().unwrap() as u64);
+    assert!(
+        fences.iter().all(|f| *f as u64 == lease.fence()),
+        "{fences:?}"
+    );
 
     let before = lease.valid_until();
     tokio::time::sleep(50 * MS).await;
@@ -173,11 +178,16 @@ async fn contention_between_many_tasks_keeps_mutual_exclusion() {
             .unwrap();
     }
     assert_eq!(counter.load(Ordering::SeqCst), (TASKS * ROUNDS) as u64);
-    // Fences are per node for now (a lease carries the largest of its
-    // granting nodes'), so they need not grow from holder to holder, nor
-    // differ between two holders granted by different nodes: the fencing
-    // issue makes them quorum-monotonic. Every holder got one.
-    assert_eq!(fences.lock().unwrap().len(), TASKS * ROUNDS);
+    // Fenced acquisition (the default): each holder released before the
+    // next was granted, so the fences grow strictly from holder to holder,
+    // whichever majorities granted them (tests/fencing.rs checks this under
+    // faults).
+    let fences = fences.lock().unwrap();
+    assert_eq!(fences.len(), TASKS * ROUNDS);
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "fences out of order: {fences:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,7 +137,10 @@ pub fn flavors() -> Vec<Flavor> {
 /// The flavors that run under libfaketime (Valkey; Debian's Redis hangs
 /// under it). Under CI at least one must be there.
 pub fn faketime_flavors() -> Vec<Flavor> {
-    let flavors: Vec<Flavor> = flavors().into_iter().filter(|f| f.supports_faketime()).collect();
+    let flavors: Vec<Flavor> = flavors()
+        .into_iter()
+        .filter(|f| f.supports_faketime())
+        .collect();
     assert!(
         !flavors.is_empty() || !require_all(),
         "no server flavor runs under faketime"

@@ -24,9 +24,12 @@
 //! - `REDIS_LOCK_KEEP_DIRS=1`: keep each server's temp dir (log, RDB, AOF) after the test.
 
 mod cluster;
+mod fenced;
 mod flavor;
+pub mod history;
 pub mod lockcmd;
 mod lockutil;
+pub mod proxy;
 mod server;
 
 use std::env;
@@ -36,11 +39,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use cluster::Cluster;
+pub use fenced::{FencedStore, StaleFence};
 pub use flavor::{faketime_flavors, flavors, require_all, Flavor};
 pub use lockutil::{
     corrupt_lock_dumps, crc64_redis, error_text, info_field, lock_info_fields, lock_info_owner,
     read_aof, wait_aof_rewrite,
 };
+pub use proxy::{Mode as ProxyMode, Proxy};
 pub use redis;
 pub use server::{Server, ServerBuilder};
 

@@ -1,0 +1,219 @@
+//! `acquire` by waiting in the nodes' FIFO queues (`LOCK.ACQUIRE ... WAIT`)
+//! instead of polling: each node hands the lock to the first client in its
+//! queue the moment it is released or expires.
+//!
+//! A queue round sends `WAIT` to every node, each on a connection of its own.
+//! When a quorum has granted, a plain round with the same token (a refresh
+//! on the nodes that granted) anchors the lease's validity to a start time
+//! the client knows.
+//!
+//! Across nodes the queues can hand the lock to different clients (a split:
+//! with three waiters and five nodes, 2/2/1, nobody has a quorum and nobody
+//! will release; or clients that start at once on free nodes). So once a
+//! node has granted, the rest of a quorum must follow within the split
+//! window. If it does not, the client releases everything it got, drops its
+//! other waits (closing their connections takes it out of those queues) and
+//! queues again after a short random pause, so nobody keeps a partial grant.
+//! The window starts at one request timeout (at least 10 ms) and doubles
+//! with each consecutive split, up to a quarter of the TTL (at most 2 s): a
+//! split among waiters resolves in milliseconds, while a client waiting
+//! behind a holder that left some nodes free (it holds a bare quorum) does
+//! not churn through rounds.
+//!
+//! Every request of one `acquire` carries the same `TICKET`: the client's
+//! wall-clock time when it started waiting, in microseconds. Nodes serve
+//! their queues in ticket order, so all nodes agree on who is next (no
+//! splits among clients that are queued everywhere), and a client that
+//! re-queues after a split keeps its place: the oldest waiter is served
+//! first, so nobody starves. Clock skew between clients only shifts that
+//! order; it cannot affect safety.
+
+use super::{release_nodes, Client, ReleaseOnDrop, Ttl, Wait};
+use crate::error::Error;
+use crate::lease::{Lease, Token};
+use crate::quorum::{Decision, Tally, Vote};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+use std::time::{Duration, Instant};
+
+/// How a queue round ended.
+enum Queued {
+    /// A quorum granted.
+    Quorum,
+    /// A quorum can no longer grant (waits timed out, nodes failed).
+    Lost { failed_beyond_spare: bool },
+    /// Some nodes granted, but not a quorum within the split window.
+    Split,
+}
+
+/// Less than this left of the wait budget: one plain round decides.
+const MIN_WAIT: Duration = Duration::from_millis(2);
+
+impl Client {
+    pub(super) async fn acquire_queued(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Ttl,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
+        let started = Instant::now();
+        let ticket = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let backoff = self.inner.config.backoff();
+        let mut guard = ReleaseOnDrop {
+            inner: self.inner.clone(),
+            resource: resource.to_owned(),
+            token: token.clone(),
+            armed: true,
+        };
+        let mut attempts: u32 = 0;
+        let first_window = self
+            .inner
+            .config
+            .request_timeout
+            .max(Duration::from_millis(10));
+        let max_window = (ttl.duration / 4)
+            .min(Duration::from_secs(2))
+            .max(first_window);
+        let mut split_window = first_window;
+        loop {
+            attempts = attempts.saturating_add(1);
+            let left = wait.saturating_sub(started.elapsed());
+            if left < MIN_WAIT {
+                // The budget is spent: one plain round, its answer final.
+                let last = self.acquire_round(resource, token, ttl).await;
+                guard.armed = false;
+                return last.map_err(|e| Error::Timeout {
+                    resource: resource.to_owned(),
+                    waited: started.elapsed(),
+                    attempts,
+                    last: Box::new(e),
+                });
+            }
+            let outcome = self
+                .queue_round(resource, token, ttl, left, ticket, split_window)
+                .await;
+            if let Queued::Quorum = outcome {
+                match self.acquire_round(resource, token, ttl).await {
+                    Ok(lease) => {
+                        guard.armed = false;
+                        return Ok(lease);
+                    }
+                    Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
+                        tracing::debug!(resource, error = %e, "queued grant not confirmed");
+                    }
+                    Err(e) => {
+                        guard.armed = false;
+                        return Err(e);
+                    }
+                }
+            } else {
+                tracing::debug!(
+                    resource,
+                    split = matches!(outcome, Queued::Split),
+                    unreachable = matches!(
+                        outcome,
+                        Queued::Lost {
+                            failed_beyond_spare: true
+                        }
+                    ),
+                    "queue round without a quorum"
+                );
+            }
+            // Give back every partial grant before queueing again: the same
+            // token is reused, so a late release must not hit the next grant.
+            let all = vec![true; self.inner.nodes.len()];
+            release_nodes(&self.inner, resource, token, &all, Wait::All).await;
+            if let Queued::Split = outcome {
+                // The tickets already order the queues: a short random pause
+                // is enough, and the window grows so a long wait stays calm.
+                split_window = (split_window * 2).min(max_window);
+                let pause = first_window.mul_f64(rand::rng().random::<f64>());
+                if started.elapsed() + pause < wait {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            } else {
+                split_window = first_window;
+            }
+            let unit: f64 = rand::rng().random();
+            let delay = backoff.next_delay(
+                attempts,
+                self.inner.config.retry_count,
+                started.elapsed(),
+                wait,
+                unit,
+            );
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => {
+                    // Out of retries or budget: a last plain round.
+                    let last = self.acquire_round(resource, token, ttl).await;
+                    guard.armed = false;
+                    return last.map_err(|e| Error::Timeout {
+                        resource: resource.to_owned(),
+                        waited: started.elapsed(),
+                        attempts,
+                        last: Box::new(e),
+                    });
+                }
+            }
+        }
+    }
+
+    /// One queue round: `WAIT` on every node, decided as soon as a quorum
+    /// granted, a quorum became impossible, or the split window closed.
+    async fn queue_round(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Ttl,
+        wait: Duration,
+        ticket: u64,
+        split_window: Duration,
+    ) -> Queued {
+        let inner = &self.inner;
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut tally = Tally::new(inner.nodes.len(), inner.config.quorum);
+        let mut pending: FuturesUnordered<_> = inner
+            .nodes
+            .iter()
+            .map(|node| node.acquire_waiting(resource, token.as_str(), ttl.millis, wait_ms, ticket))
+            .collect();
+        let mut split_at: Option<tokio::time::Instant> = None;
+        loop {
+            let answer = match split_at {
+                Some(at) => tokio::select! {
+                    answer = pending.next() => answer,
+                    () = tokio::time::sleep_until(at) => return Queued::Split,
+                },
+                None => pending.next().await,
+            };
+            let Some(answer) = answer else {
+                return Queued::Split;
+            };
+            match answer {
+                Ok(Some(fence)) => {
+                    tally.record(Vote::Granted(fence));
+                    split_at.get_or_insert_with(|| tokio::time::Instant::now() + split_window);
+                }
+                Ok(None) => tally.record(Vote::Refused),
+                Err(e) => {
+                    tracing::debug!(resource, error = %e, "queued wait failed");
+                    tally.record(Vote::Failed);
+                }
+            }
+            match tally.decision() {
+                Some(Decision::Won) => return Queued::Quorum,
+                Some(Decision::Lost) => {
+                    return Queued::Lost {
+                        failed_beyond_spare: tally.failed_beyond_spare(),
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
