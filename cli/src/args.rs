@@ -1,0 +1,345 @@
+//! The command line: flags, their environment variables and the help texts.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  export REDIS_LOCK_NODES=redis://10.0.0.1:6379,redis://10.0.0.2:6379,redis://10.0.0.3:6379
+
+  # Only one machine runs the nightly sync; the others wait up to 10 minutes.
+  redis-lock run --key nightly-sync --ttl 30s --wait 10m -- /usr/local/bin/sync.sh
+
+  # From a shell script: take the lock, renew it, release it.
+  eval \"$(redis-lock acquire --key reports --ttl 2m)\"
+  redis-lock extend --key reports --token \"$REDIS_LOCK_TOKEN\" --ttl 2m
+  redis-lock release --key reports --token \"$REDIS_LOCK_TOKEN\"
+
+  # Which nodes are up, have the module, and who holds a lock.
+  redis-lock status --key nightly-sync";
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s)
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match duration::parse(s)? {
+        d if d.is_zero() => Err("must be longer than 0".into()),
+        d => Ok(d),
+    }
+}
+
+/// Distributed locks on redis-lock nodes: a flock across machines.
+///
+/// The lock is taken on a majority of independent Redis/Valkey nodes that run
+/// the redis-lock module (the Redlock quorum), with a fencing token that grows
+/// with every new holder.
+#[derive(Debug, Parser)]
+#[command(name = "redis-lock", version, after_long_help = format!("{EXAMPLES}\n\n{}", crate::exit::TABLE))]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the nodes are and how to talk to them; for every subcommand.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The nodes: comma-separated redis:// or rediss:// URLs (with user,
+    /// password and database if needed). A majority must agree for a lock.
+    #[arg(
+        short,
+        long,
+        env = "REDIS_LOCK_NODES",
+        global = true,
+        value_name = "URLS"
+    )]
+    pub nodes: Option<String>,
+
+    /// User for the nodes whose URL has none.
+    #[arg(long, env = "REDIS_LOCK_USERNAME", global = true)]
+    pub username: Option<String>,
+
+    /// Password for the nodes whose URL has none (prefer the environment
+    /// variable: the command line is visible to other users).
+    #[arg(
+        long,
+        env = "REDIS_LOCK_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// Limit on one request to one node.
+    #[arg(long, env = "REDIS_LOCK_TIMEOUT", global = true, default_value = "250ms", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Limit on connecting to one node.
+    #[arg(long, env = "REDIS_LOCK_CONNECT_TIMEOUT", global = true, default_value = "500ms", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+
+    /// Pause between attempts while waiting for a lock (plus up to as much
+    /// again at random, so that waiters do not retry in step).
+    #[arg(long, env = "REDIS_LOCK_RETRY", global = true, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Run(RunArgs),
+    Acquire(AcquireArgs),
+    Extend(ExtendArgs),
+    Release(ReleaseArgs),
+    Info(InfoArgs),
+    Status(StatusArgs),
+    Completions(CompletionsArgs),
+}
+
+/// Run a command while holding the lock; release it when the command exits.
+///
+/// Waits up to --wait for the lock, then starts the command in its own
+/// process group with REDIS_LOCK_FENCE (the fencing token: pass it to the
+/// storage you protect) and REDIS_LOCK_KEY in its environment. The lease is
+/// renewed in the background every third of --ttl. When the command exits,
+/// the lock is released and redis-lock exits with the command's status.
+///
+/// The holder's token is NOT given to the command (REDIS_LOCK_TOKEN is
+/// removed from its environment): the token is the capability to extend
+/// and release the lock, and stays inside redis-lock.
+///
+/// If the lock is lost while the command runs (nodes down for longer than
+/// the TTL, the key deleted, --max-hold reached), the whole process group
+/// gets SIGTERM, then SIGKILL after --kill-grace, and redis-lock exits with
+/// status 76 and says so on stderr. SIGINT, SIGTERM and SIGHUP sent to
+/// redis-lock are forwarded to the group; the lock is released once the
+/// command exits. If redis-lock itself dies (kill -9), the command is killed
+/// at once, since nothing renews the lock any more.
+///
+/// The command should not read from the terminal: it is not in the
+/// terminal's foreground process group.
+#[derive(Debug, Args)]
+#[command(after_long_help = format!("Examples:
+  redis-lock run --key nightly-sync --wait 10m -- /usr/local/bin/sync.sh
+  redis-lock run -k backup --ttl 1m --max-hold 2h -- sh -c 'pg_dump ... --fence \"$REDIS_LOCK_FENCE\"'
+
+{}", crate::exit::TABLE))]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// How long to wait for the lock if another holds it (0: one attempt).
+    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+
+    /// Stop renewing after this long: the lock then runs out and the command
+    /// is stopped as on any loss. Default: no limit.
+    #[arg(long, env = "REDIS_LOCK_MAX_HOLD", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub max_hold: Option<Duration>,
+
+    /// After a loss, how long the command has between SIGTERM and SIGKILL.
+    #[arg(long, env = "REDIS_LOCK_KILL_GRACE", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub kill_grace: Duration,
+
+    /// Say on stderr when the lock is acquired and released.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// The lock's key and lease length.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The lock's name (the key on every node).
+    #[arg(short, long)]
+    pub key: String,
+
+    /// Lease length: without renewal the lock runs out this long after it
+    /// was taken. Far longer than the per-node --timeout.
+    #[arg(short, long, env = "REDIS_LOCK_TTL", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub ttl: Duration,
+}
+
+/// Take the lock and print shell assignments for it (for `eval`).
+///
+/// Prints REDIS_LOCK_KEY, REDIS_LOCK_TOKEN (the secret that extends and
+/// releases this lease), REDIS_LOCK_FENCE (the fencing token) and
+/// REDIS_LOCK_VALIDITY_MS (how long the lease can be relied on from now).
+/// Nothing renews the lease: extend it before it runs out, release it when
+/// done.
+#[derive(Debug, Args)]
+#[command(after_long_help = "Example:
+  $ redis-lock acquire --key reports --ttl 2m
+  REDIS_LOCK_KEY=reports
+  REDIS_LOCK_TOKEN=6b1f0c...e29a
+  REDIS_LOCK_FENCE=1795326391278776
+  REDIS_LOCK_VALIDITY_MS=118780
+  $ eval \"$(redis-lock acquire --key reports --ttl 2m)\" || exit")]
+pub struct AcquireArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// How long to wait for the lock if another holds it (0: one attempt).
+    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+}
+
+/// Extend a lease taken by `acquire`: its TTL starts again from now.
+///
+/// Exit status 0 if a quorum of nodes still held the lock for this token and
+/// extended it, 1 if not (it had run out, was released, or is held by
+/// another).
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// The token printed by `acquire`.
+    #[arg(long, env = "REDIS_LOCK_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// Release a lease taken by `acquire`.
+///
+/// Exit status 0 if a quorum of nodes held the lock for this token (it is
+/// now free), 1 if not (it had already run out, been released, or is held
+/// by another).
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The lock's name.
+    #[arg(short, long)]
+    pub key: String,
+
+    /// The token printed by `acquire`.
+    #[arg(long, env = "REDIS_LOCK_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// Show the lock on every node (LOCK.INFO): fence, owner fingerprint, TTL.
+///
+/// The owner is a fingerprint of the holder's token, never the token.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The lock's name.
+    #[arg(short, long)]
+    pub key: String,
+}
+
+/// Show each node: reachable, server version, module loaded, and a lock.
+///
+/// Exit status 0 if every node is healthy, 1 if some are not but a quorum
+/// is, 69 or 78 if fewer than a quorum are.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also show this lock on each node.
+    #[arg(short, long)]
+    pub key: Option<String>,
+}
+
+/// Print a shell completion script.
+///
+/// bash: redis-lock completions bash > /etc/bash_completion.d/redis-lock
+/// zsh:  redis-lock completions zsh > "${fpath[1]}/_redis-lock"
+/// fish: redis-lock completions fish > ~/.config/fish/completions/redis-lock.fish
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("redis-lock").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_command_after_the_flags() {
+        let cli = parse(&[
+            "-n",
+            "redis://a",
+            "run",
+            "-k",
+            "job",
+            "--ttl",
+            "2s",
+            "--wait",
+            "10m",
+            "--",
+            "sh",
+            "-c",
+            "echo --ttl",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.lock.key, "job");
+        assert_eq!(run.lock.ttl, Duration::from_secs(2));
+        assert_eq!(run.wait, Duration::from_secs(600));
+        assert_eq!(run.kill_grace, Duration::from_secs(5));
+        assert_eq!(run.max_hold, None);
+        assert_eq!(run.command, ["sh", "-c", "echo --ttl"]);
+        // Without `--` too: everything from the first word on is the command.
+        let cli = parse(&["run", "-k", "job", "ls", "-l"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.command, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        let cases: [&[&str]; 6] = [
+            &["run", "-k", "j", "--ttl", "30", "--", "true"],
+            &["run", "-k", "j", "--ttl", "0s", "--", "true"],
+            &["run", "-k", "j"],
+            &["run", "--", "true"],
+            &["acquire", "-k", "j", "--wait", "soon"],
+            &["completions", "tcsh"],
+        ];
+        for args in cases {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn help_documents_exit_codes_and_the_token_rule() {
+        let mut cmd = Cli::command();
+        let top = cmd.render_long_help().to_string();
+        assert!(top.contains("75 "), "{top}");
+        assert!(top.contains("REDIS_LOCK_NODES"), "{top}");
+        let run = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for needle in ["REDIS_LOCK_FENCE", "NOT given", "76", "--kill-grace"] {
+            assert!(
+                run.contains(needle),
+                "{needle} missing from run --help:\n{run}"
+            );
+        }
+    }
+}

@@ -1,0 +1,793 @@
+//! The `redis-lock` binary against real nodes started by testkit: exit
+//! statuses, what the command sees, release on every way a command ends,
+//! loss of the lock, signals, and two `run`s that must never overlap.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use testkit::redis::Value;
+use testkit::{eventually, Flavor, NodeSet, Server};
+
+/// Bound on any one invocation of the tool in these tests.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Settings the tool reads from the environment; cleared so that the
+/// developer's shell does not change the tests.
+const TOOL_ENV: [&str; 12] = [
+    "REDIS_LOCK_NODES",
+    "REDIS_LOCK_USERNAME",
+    "REDIS_LOCK_PASSWORD",
+    "REDIS_LOCK_TIMEOUT",
+    "REDIS_LOCK_CONNECT_TIMEOUT",
+    "REDIS_LOCK_RETRY",
+    "REDIS_LOCK_TTL",
+    "REDIS_LOCK_WAIT",
+    "REDIS_LOCK_MAX_HOLD",
+    "REDIS_LOCK_KILL_GRACE",
+    "REDIS_LOCK_TOKEN",
+    "REDIS_LOCK_KEY",
+];
+
+fn flavor() -> Flavor {
+    *testkit::flavors()
+        .first()
+        .expect("at least one server flavor is installed")
+}
+
+fn nodes(n: usize) -> NodeSet {
+    NodeSet::start(n, flavor())
+}
+
+/// The tool with a clean environment, pointed at `urls`.
+fn tool(urls: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-lock"));
+    for var in TOOL_ENV {
+        cmd.env_remove(var);
+    }
+    if !urls.is_empty() {
+        cmd.env("REDIS_LOCK_NODES", urls);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn urls(set: &NodeSet) -> String {
+    set.urls().join(",")
+}
+
+/// A running invocation of the tool, its output going to files (no pipe to
+/// fill up). Killed if the test ends before it does.
+struct Run {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    _dir: TempDir,
+}
+
+impl Run {
+    fn start(mut cmd: Command) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("stdout");
+        let err = dir.path().join("stderr");
+        cmd.stdout(File::create(&out).unwrap())
+            .stderr(File::create(&err).unwrap());
+        let child = cmd.spawn().expect("start redis-lock");
+        Run {
+            child,
+            out,
+            err,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// The exit code, within `LIMIT`; fails if the tool died of a signal.
+    fn code(&mut self) -> i32 {
+        let status = eventually(LIMIT, "redis-lock to exit", || {
+            self.child.try_wait().unwrap()
+        });
+        status
+            .code()
+            .unwrap_or_else(|| panic!("redis-lock died of {status:?}; stderr:\n{}", self.stderr()))
+    }
+
+    /// Runs to the end: (exit code, stdout, stderr).
+    fn finish(mut self) -> (i32, String, String) {
+        let code = self.code();
+        (code, self.stdout(), self.stderr())
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // SIGKILL: the kernel then kills the command too (parent-death signal).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_tool(cmd: Command) -> (i32, String, String) {
+    Run::start(cmd).finish()
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill takes plain integers; the pid is our own child.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+/// Whether process `pid` is still running (a zombie counts as gone).
+fn running(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+fn lock_info(server: &Server, key: &str) -> Option<std::collections::HashMap<String, i64>> {
+    let v: Value = testkit::redis::cmd("LOCK.INFO")
+        .arg(key)
+        .query(&mut server.conn())
+        .unwrap();
+    testkit::lock_info_fields(&v)
+}
+
+fn held_on(set: &NodeSet, key: &str) -> usize {
+    set.nodes
+        .iter()
+        .filter(|s| lock_info(s, key).is_some())
+        .count()
+}
+
+/// Freed by a release: free on a quorum at once (the release waits for
+/// that much), and on every node moments later, well before the TTL.
+fn assert_released(set: &NodeSet, key: &str) {
+    let n = set.nodes.len();
+    let held = held_on(set, key);
+    assert!(
+        held <= n - (n / 2 + 1),
+        "{key} still held on {held} of {n} nodes"
+    );
+    eventually(
+        Duration::from_secs(2),
+        "the lock to be free everywhere",
+        || (held_on(set, key) == 0).then_some(()),
+    );
+}
+
+fn del_on(servers: &[Server], key: &str) {
+    for s in servers {
+        let _: i64 = testkit::redis::cmd("DEL")
+            .arg(key)
+            .query(&mut s.conn())
+            .unwrap();
+    }
+}
+
+/// Waits (bounded) until `path` exists and returns its contents.
+fn wait_file(path: &Path, what: &str) -> String {
+    eventually(LIMIT, what, || {
+        fs::read_to_string(path).ok().filter(|s| s.ends_with('\n'))
+    })
+}
+
+/// `run` of a `sh -c` script with the given extra flags.
+fn run_sh(urls: &str, key: &str, flags: &[&str], script: &str) -> Command {
+    let mut cmd = tool(urls);
+    cmd.args(["run", "--key", key])
+        .args(flags)
+        .args(["--", "sh", "-c", script]);
+    cmd
+}
+
+fn acquire(urls: &str, key: &str, ttl: &str) -> (String, u64) {
+    let mut cmd = tool(urls);
+    cmd.args(["acquire", "--key", key, "--ttl", ttl]);
+    let (code, out, err) = run_tool(cmd);
+    assert_eq!(code, 0, "acquire failed: {err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from {out}"))
+            .to_owned()
+    };
+    (
+        field("REDIS_LOCK_TOKEN"),
+        field("REDIS_LOCK_FENCE").parse().unwrap(),
+    )
+}
+
+// ---------------------------------------------------------------- exit codes
+
+#[test]
+fn usage_errors_exit_64() {
+    let cases: [(&str, &[&str], &str); 5] = [
+        ("", &["acquire", "--key", "k"], "no nodes"),
+        (
+            "redis://127.0.0.1:1",
+            &["acquire", "--key", "k", "--ttl", "30"],
+            "needs a unit",
+        ),
+        ("redis://127.0.0.1:1", &["run", "--key", "k"], "COMMAND"),
+        (
+            "not-a-url",
+            &["acquire", "--key", "k"],
+            "not a valid Redis URL",
+        ),
+        (
+            "redis://127.0.0.1:1",
+            &["frobnicate"],
+            "unrecognized subcommand",
+        ),
+    ];
+    for (urls, args, why) in cases {
+        let mut cmd = tool(urls);
+        cmd.args(args);
+        let (code, _, err) = run_tool(cmd);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    let mut help = tool("");
+    help.arg("--help");
+    let (code, out, _) = run_tool(help);
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit status:"), "{out}");
+}
+
+#[test]
+fn unreachable_nodes_exit_69() {
+    let urls: Vec<String> = (0..3)
+        .map(|_| format!("redis://127.0.0.1:{}", testkit::free_port()))
+        .collect();
+    let urls = urls.join(",");
+    let mut cmd = tool(&urls);
+    cmd.args(["acquire", "--key", "k"]);
+    let (code, _, err) = run_tool(cmd);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+
+    // Waiting does not turn an outage into "taken".
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let (code, _, err) = run_tool(run_sh(&urls, "k", &["--wait", "300ms"], &script));
+    assert_eq!(code, 69, "{err}");
+    assert!(!marker.exists(), "the command ran without the lock");
+
+    let mut status = tool(&urls);
+    status.arg("status");
+    let (code, out, _) = run_tool(status);
+    assert_eq!(code, 69, "{out}");
+    assert!(out.contains("0 of 3 nodes healthy"), "{out}");
+}
+
+#[test]
+fn nodes_without_the_module_exit_78() {
+    let set = NodeSet::start_with(3, |_| Server::builder(flavor()).no_module());
+    let urls = urls(&set);
+    let mut cmd = tool(&urls);
+    cmd.args(["acquire", "--key", "k"]);
+    let (code, _, err) = run_tool(cmd);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("module not loaded"), "{err}");
+
+    let mut status = tool(&urls);
+    status.args(["status", "--key", "k"]);
+    let (code, out, _) = run_tool(status);
+    assert_eq!(code, 78, "{out}");
+    assert_eq!(out.matches("NOT LOADED").count(), 3, "{out}");
+}
+
+#[test]
+fn held_lock_exits_75_once_the_wait_runs_out() {
+    let set = nodes(3);
+    let urls = urls(&set);
+    let (token, _) = acquire(&urls, "busy", "20s");
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let started = Instant::now();
+    let (code, _, err) = run_tool(run_sh(
+        &urls,
+        "busy",
+        &["--wait", "400ms"],
+        &format!("touch {}", marker.display()),
+    ));
+    assert_eq!(code, 75, "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(err.contains("not acquired"), "{err}");
+    assert!(!marker.exists(), "the command ran without the lock");
+
+    // The holder's token releases it; a second release says it is not held.
+    for want in [0, 1] {
+        let mut release = tool(&urls);
+        release
+            .args(["release", "--key", "busy"])
+            .env("REDIS_LOCK_TOKEN", &token);
+        let (code, _, err) = run_tool(release);
+        assert_eq!(code, want, "{err}");
+    }
+    assert_eq!(held_on(&set, "busy"), 0);
+}
+
+// ------------------------------------------------- what the command sees
+
+#[test]
+fn command_sees_fence_and_key_but_not_the_token() {
+    let set = nodes(3);
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("env");
+    let go = dir.path().join("go");
+    let script = format!(
+        "env | grep '^REDIS_LOCK_' | sort > {env}.tmp; mv {env}.tmp {env}; \
+         i=0; while [ ! -e {go} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+        env = env_file.display(),
+        go = go.display()
+    );
+    let mut cmd = run_sh(&urls(&set), "jobs:env", &["--ttl", "10s"], &script);
+    cmd.env("REDIS_LOCK_TOKEN", "inherited-secret");
+    let run = Run::start(cmd);
+
+    let env = eventually(LIMIT, "the command's environment", || {
+        fs::read_to_string(&env_file).ok()
+    });
+    let vars: std::collections::HashMap<&str, &str> =
+        env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars.get("REDIS_LOCK_KEY"), Some(&"jobs:env"), "{env}");
+    assert!(
+        !vars.contains_key("REDIS_LOCK_TOKEN"),
+        "token leaked: {env}"
+    );
+    let fence: i64 = vars["REDIS_LOCK_FENCE"].parse().unwrap();
+    // The fence is the one a granting node handed out for this lock.
+    let fences: Vec<i64> = set
+        .nodes
+        .iter()
+        .filter_map(|s| lock_info(s, "jobs:env"))
+        .map(|f| f["fence"])
+        .collect();
+    assert!(fences.len() >= 2, "held on {fences:?}");
+    assert!(fences.contains(&fence), "{fence} not among {fences:?}");
+
+    File::create(&go).unwrap();
+    let (code, _, err) = run.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_released(&set, "jobs:env");
+}
+
+// ------------------------------------------------------------- release
+
+#[test]
+fn exit_status_is_passed_through_and_the_lock_released() {
+    let set = nodes(3);
+    let urls = urls(&set);
+    let (code, _, err) = run_tool(run_sh(&urls, "jobs:exit", &["--ttl", "10s"], "exit 7"));
+    assert_eq!(code, 7, "{err}");
+    assert_released(&set, "jobs:exit");
+
+    let (code, _, err) = run_tool(run_sh(&urls, "jobs:exit", &["--ttl", "10s"], "true"));
+    assert_eq!(code, 0, "{err}");
+    assert_released(&set, "jobs:exit");
+
+    let mut missing = tool(&urls);
+    missing.args(["run", "--key", "jobs:exit", "--", "/nonexistent/command"]);
+    let (code, _, err) = run_tool(missing);
+    assert_eq!(code, 127, "{err}");
+    assert_released(&set, "jobs:exit");
+}
+
+#[test]
+fn crashed_command_releases_the_lock() {
+    let set = nodes(3);
+    let (code, _, err) = run_tool(run_sh(
+        &urls(&set),
+        "jobs:crash",
+        &["--ttl", "10s"],
+        "kill -SEGV $$",
+    ));
+    assert_eq!(code, 128 + libc::SIGSEGV, "{err}");
+    assert_released(&set, "jobs:crash");
+}
+
+#[test]
+fn signals_to_the_tool_are_forwarded_and_the_lock_released() {
+    let set = nodes(3);
+    for (sig, name) in [(libc::SIGTERM, "TERM"), (libc::SIGINT, "INT")] {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let got = dir.path().join("got");
+        let script = format!(
+            "trap 'echo {name} > {got}; exit 42' {name}; echo up > {ready}; \
+             i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+            got = got.display(),
+            ready = ready.display()
+        );
+        let mut run = Run::start(run_sh(
+            &urls(&set),
+            "jobs:signal",
+            &["--ttl", "10s"],
+            &script,
+        ));
+        wait_file(&ready, "the command to start");
+        signal(run.pid(), sig);
+        let code = run.code();
+        assert_eq!(code, 42, "{name}: {}", run.stderr());
+        assert_eq!(fs::read_to_string(&got).unwrap().trim(), name);
+        assert_released(&set, "jobs:signal");
+    }
+}
+
+// ------------------------------------------------------------ lock loss
+
+/// A script that says when it is up, records SIGTERM and exits 0 on it.
+fn term_recording_script(ready: &Path, got: &Path) -> String {
+    format!(
+        "trap 'echo TERM > {got}; exit 0' TERM; echo $$ > {ready}; \
+         i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+        got = got.display(),
+        ready = ready.display()
+    )
+}
+
+#[test]
+fn deleting_the_key_on_a_majority_stops_the_command_with_76() {
+    let set = nodes(3);
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, got) = (dir.path().join("ready"), dir.path().join("got"));
+    let mut run = Run::start(run_sh(
+        &urls(&set),
+        "jobs:lost",
+        &["--ttl", "1s"],
+        &term_recording_script(&ready, &got),
+    ));
+    wait_file(&ready, "the command to start");
+    del_on(&set.nodes[..2], "jobs:lost");
+    let started = Instant::now();
+    let code = run.code();
+    let err = run.stderr();
+    assert_eq!(code, 76, "{err}");
+    // Noticed at the next renewal, a third of the TTL later.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("LOST the lock \"jobs:lost\""), "{err}");
+    assert_eq!(fs::read_to_string(&got).unwrap().trim(), "TERM");
+    assert_eq!(held_on(&set, "jobs:lost"), 0);
+}
+
+#[test]
+fn a_command_ignoring_sigterm_is_killed_after_the_grace() {
+    let set = nodes(3);
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let script = format!(
+        "trap '' TERM; echo $$ > {ready}; while :; do sleep 0.05; done",
+        ready = ready.display()
+    );
+    let mut run = Run::start(run_sh(
+        &urls(&set),
+        "jobs:stubborn",
+        &["--ttl", "1s", "--kill-grace", "300ms"],
+        &script,
+    ));
+    let pid: i32 = wait_file(&ready, "the command to start")
+        .trim()
+        .parse()
+        .unwrap();
+    del_on(&set.nodes[..2], "jobs:stubborn");
+    let code = run.code();
+    let err = run.stderr();
+    assert_eq!(code, 76, "{err}");
+    assert!(err.contains("sending SIGKILL"), "{err}");
+    assert!(err.contains("status 137"), "{err}");
+    assert!(!running(pid), "the command survived");
+}
+
+#[test]
+fn losing_three_of_five_nodes_stops_the_command() {
+    let mut set = nodes(5);
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, got) = (dir.path().join("ready"), dir.path().join("got"));
+    let mut run = Run::start(run_sh(
+        &urls(&set),
+        "jobs:outage",
+        &[
+            "--ttl",
+            "1s",
+            "--timeout",
+            "100ms",
+            "--connect-timeout",
+            "100ms",
+        ],
+        &term_recording_script(&ready, &got),
+    ));
+    wait_file(&ready, "the command to start");
+    let killed = Instant::now();
+    for s in &mut set.nodes[..3] {
+        s.kill();
+    }
+    let code = run.code();
+    let err = run.stderr();
+    assert_eq!(code, 76, "{err}");
+    // The lease runs out at most a TTL after the last renewal.
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert!(err.contains("validity ran out"), "{err}");
+    assert_eq!(fs::read_to_string(&got).unwrap().trim(), "TERM");
+}
+
+#[test]
+fn max_hold_stops_a_command_that_runs_too_long() {
+    let set = nodes(3);
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, got) = (dir.path().join("ready"), dir.path().join("got"));
+    let started = Instant::now();
+    let mut run = Run::start(run_sh(
+        &urls(&set),
+        "jobs:bounded",
+        &["--ttl", "600ms", "--max-hold", "1500ms"],
+        &term_recording_script(&ready, &got),
+    ));
+    let code = run.code();
+    let err = run.stderr();
+    assert_eq!(code, 76, "{err}");
+    assert!(err.contains("maximum hold"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fs::read_to_string(&got).unwrap().trim(), "TERM");
+}
+
+#[test]
+fn killing_the_tool_kills_the_command_and_the_lock_runs_out() {
+    let set = nodes(3);
+    let urls = urls(&set);
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let script = format!(
+        "echo $$ > {ready}; while :; do sleep 0.05; done",
+        ready = ready.display()
+    );
+    let run = Run::start(run_sh(&urls, "jobs:orphan", &["--ttl", "1s"], &script));
+    let pid: i32 = wait_file(&ready, "the command to start")
+        .trim()
+        .parse()
+        .unwrap();
+    signal(run.pid(), libc::SIGKILL);
+    eventually(
+        Duration::from_secs(2),
+        "the command to die with the tool",
+        || (!running(pid)).then_some(()),
+    );
+    // Nobody released it: it is still held, until the TTL frees it.
+    assert!(held_on(&set, "jobs:orphan") >= 2);
+    let (code, _, err) = run_tool(run_sh(&urls, "jobs:orphan", &["--wait", "5s"], "true"));
+    assert_eq!(code, 0, "{err}");
+    drop(run);
+}
+
+// ------------------------------------------------------- mutual exclusion
+
+#[test]
+fn two_runs_never_overlap() {
+    const JOBS: usize = 4;
+    let set = nodes(3);
+    let urls = urls(&set);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"start $REDIS_LOCK_FENCE $(date +%s%N)\" >> {log}; sleep 0.1; \
+         echo \"end $REDIS_LOCK_FENCE $(date +%s%N)\" >> {log}",
+        log = log.display()
+    );
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..JOBS {
+                    let (code, _, err) = run_tool(run_sh(
+                        &urls,
+                        "jobs:exclusive",
+                        &["--ttl", "2s", "--wait", "15s", "--retry", "20ms"],
+                        &script,
+                    ));
+                    assert_eq!(code, 0, "{err}");
+                }
+            });
+        }
+    });
+
+    // (fence, start, end) per job, from the children's own timestamps.
+    let text = fs::read_to_string(&log).unwrap();
+    let mut starts = std::collections::HashMap::new();
+    let mut jobs: Vec<(u64, u128, u128)> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (fence, at): (u64, u128) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        match f[0] {
+            "start" => {
+                assert!(
+                    starts.insert(fence, at).is_none(),
+                    "fence {fence} twice:\n{text}"
+                );
+            }
+            _ => jobs.push((fence, starts[&fence], at)),
+        }
+    }
+    assert_eq!(jobs.len(), 2 * JOBS, "{text}");
+    jobs.sort_by_key(|j| j.1);
+    for pair in jobs.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        assert!(a.2 <= b.1, "jobs overlap: {a:?} and {b:?}\n{text}");
+        assert!(
+            a.0 < b.0,
+            "fences do not increase in time order: {a:?} then {b:?}\n{text}"
+        );
+    }
+}
+
+// ------------------------------------------------------ scripts and status
+
+#[test]
+fn acquire_extend_release_from_a_script() {
+    let set = nodes(3);
+    let urls = urls(&set);
+    let (token, fence) = acquire(&urls, "jobs:script", "2s");
+    let info = lock_info(&set.nodes[0], "jobs:script").unwrap();
+    assert!(info["ttl"] <= 2_000);
+    assert!(fence > 0);
+
+    let mut extend = tool(&urls);
+    extend.args([
+        "extend",
+        "--key",
+        "jobs:script",
+        "--ttl",
+        "60s",
+        "--token",
+        &token,
+    ]);
+    let (code, out, err) = run_tool(extend);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("extended"), "{out}");
+    assert!(lock_info(&set.nodes[0], "jobs:script").unwrap()["ttl"] > 50_000);
+
+    let mut wrong = tool(&urls);
+    wrong.args(["extend", "--key", "jobs:script", "--token", "not-the-token"]);
+    let (code, _, err) = run_tool(wrong);
+    assert_eq!(code, 1, "{err}");
+
+    let mut release = tool(&urls);
+    release.args(["release", "--key", "jobs:script", "--token", &token]);
+    let (code, _, err) = run_tool(release);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(held_on(&set, "jobs:script"), 0);
+
+    let mut late = tool(&urls);
+    late.args(["extend", "--key", "jobs:script", "--token", &token]);
+    let (code, _, err) = run_tool(late);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not hold the lock"), "{err}");
+}
+
+#[test]
+fn settings_come_from_the_environment() {
+    let set = nodes(3);
+    let mut cmd = tool(&urls(&set));
+    cmd.args(["acquire", "--key", "jobs:env-ttl"])
+        .env("REDIS_LOCK_TTL", "1500ms");
+    let (code, out, err) = run_tool(cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("REDIS_LOCK_TOKEN="), "{out}");
+    let ttl = lock_info(&set.nodes[0], "jobs:env-ttl").unwrap()["ttl"];
+    assert!((1..=1_500).contains(&ttl), "ttl {ttl}");
+
+    let mut bad = tool(&urls(&set));
+    bad.args(["acquire", "--key", "jobs:env-ttl"])
+        .env("REDIS_LOCK_WAIT", "forever");
+    let (code, _, err) = run_tool(bad);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("REDIS_LOCK_WAIT") || err.contains("--wait"),
+        "{err}"
+    );
+}
+
+#[test]
+fn acquire_output_can_be_evaluated_by_a_shell() {
+    let set = nodes(3);
+    let bin = env!("CARGO_BIN_EXE_redis-lock");
+    let script = format!(
+        "eval \"$({bin} acquire --key 'jobs:it'\\''s' --ttl 5s)\" || exit 9; \
+         echo \"$REDIS_LOCK_KEY|$REDIS_LOCK_FENCE\"; \
+         {bin} release --key \"$REDIS_LOCK_KEY\" --token \"$REDIS_LOCK_TOKEN\" >/dev/null"
+    );
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &script]);
+    for var in TOOL_ENV {
+        sh.env_remove(var);
+    }
+    sh.env("REDIS_LOCK_NODES", urls(&set));
+    let (code, out, err) = Run::start(sh).finish();
+    assert_eq!(code, 0, "{err}");
+    let (key, fence) = out.trim().split_once('|').unwrap();
+    assert_eq!(key, "jobs:it's");
+    assert!(fence.parse::<u64>().unwrap() > 0, "{out}");
+    assert_eq!(held_on(&set, "jobs:it's"), 0);
+}
+
+#[test]
+fn status_and_info_show_each_node() {
+    let mut set = nodes(3);
+    let urls = urls(&set);
+    acquire(&urls, "jobs:seen", "30s");
+    set.nodes[2].kill();
+
+    let mut status = tool(&urls);
+    status.args(["status", "--key", "jobs:seen"]);
+    let (code, out, _) = run_tool(status);
+    assert_eq!(code, 1, "degraded: {out}");
+    assert_eq!(out.matches(" yes ").count(), 2, "{out}");
+    assert_eq!(out.matches("  lock v").count(), 2, "{out}");
+    assert!(out.contains(" no "), "{out}");
+    assert!(
+        out.contains("2 of 3 nodes healthy, quorum 2: degraded"),
+        "{out}"
+    );
+    assert!(out.contains("lock: held by owner"), "{out}");
+
+    let mut info = tool(&urls);
+    info.args(["info", "--key", "jobs:seen"]);
+    let (code, out, _) = run_tool(info);
+    assert_eq!(code, 0, "{out}");
+    let held_rows = out.lines().filter(|l| l.contains("  held  ")).count();
+    assert_eq!(held_rows, 2, "{out}");
+    assert!(out.contains("held by owner"), "{out}");
+    assert!(out.contains("1 not answering"), "{out}");
+}
+
+#[test]
+fn completions_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let mut cmd = tool("");
+        cmd.args(["completions", shell]);
+        let (code, out, err) = run_tool(cmd);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(
+            out.contains("redis-lock") && out.contains("acquire"),
+            "{shell}"
+        );
+    }
+}
