@@ -419,4 +419,62 @@ mod tests {
             assert_eq!(parse_i64(bad), None, "{bad:?}");
         }
     }
+
+    /// Fuzzing the parser: random arity, random words from the option
+    /// vocabulary and random bytes. Never a panic; anything accepted is
+    /// within the limits; every refusal names what is wrong.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn word() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(b"FENCE".to_vec()),
+                Just(b"wait".to_vec()),
+                Just(b"MaxHold".to_vec()),
+                Just(b"TICKET".to_vec()),
+                Just(b"0".to_vec()),
+                Just(b"-1".to_vec()),
+                Just(b"9223372036854775807".to_vec()),
+                Just(b"9223372036854775808".to_vec()),
+                Just(b"".to_vec()),
+                (0i64..1_000_000).prop_map(|n| n.to_string().into_bytes()),
+                any::<i64>().prop_map(|n| n.to_string().into_bytes()),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            #[test]
+            fn parsers_never_panic_and_respect_the_limits(
+                words in proptest::collection::vec(word(), 0..12),
+                max_ttl in 1i64..100_000,
+                max_hold in 0i64..100_000,
+            ) {
+                let limits = Limits { max_ttl_ms: max_ttl, max_hold_ms: max_hold };
+                let mut all: Vec<&[u8]> = vec![b"LOCK.ACQUIRE"];
+                all.extend(words.iter().map(Vec::as_slice));
+                match acquire(&all, limits) {
+                    Ok(req) => {
+                        prop_assert!((1..=256).contains(&req.token.len()));
+                        prop_assert!(req.ttl_ms >= 1 && req.ttl_ms <= max_ttl.unsigned_abs());
+                        if let Some(h) = req.max_hold_ms {
+                            prop_assert!(req.ttl_ms <= h);
+                            if max_hold > 0 {
+                                prop_assert!(h <= max_hold.unsigned_abs());
+                            }
+                        }
+                        prop_assert!(req.fence_floor <= i64::MAX.unsigned_abs());
+                    }
+                    Err(e) => prop_assert!(!e.0.is_empty()),
+                }
+                let _ = extend(&all, max_ttl);
+                let _ = release(&all);
+                let _ = info(&all);
+                let _ = load(&all);
+            }
+        }
+    }
 }

@@ -24,3 +24,8 @@ pub fn now() -> Micros {
     let elapsed = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX / 2);
     OFFSET.saturating_add(elapsed)
 }
+
+/// Microseconds since the module was loaded.
+pub fn since_load() -> Micros {
+    now().saturating_sub(OFFSET)
+}

@@ -302,4 +302,45 @@ mod tests {
             let _ = decode(&bytes, 1_000);
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// A valid encoding with random bytes overwritten, truncated or
+        /// extended: never a panic, and whatever decodes is a valid lock.
+        #[test]
+        fn decoder_survives_mutated_encodings(
+            owner in proptest::collection::vec(any::<u8>(), 1..=40),
+            fence in 1..=MAX_FENCE,
+            patches in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in proptest::option::of(any::<usize>()),
+            tail in proptest::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let now = u64::MAX / 2;
+            let lock = Lock {
+                owner: owner.into(),
+                fence,
+                deadline: now + 5_000,
+                acquired_at: now - 10,
+                extensions: 3,
+                hold_limit: None,
+            };
+            let mut bytes = encode(&lock, now);
+            for (at, b) in patches {
+                let n = bytes.len();
+                if let Some(x) = bytes.get_mut(at % n) {
+                    *x = b;
+                }
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            bytes.extend_from_slice(&tail);
+            if let Ok(got) = decode(&bytes, now) {
+                prop_assert!((1..=256).contains(&got.owner.len()));
+                prop_assert!(got.fence >= 1 && got.fence <= MAX_FENCE);
+                prop_assert!(got.deadline >= now);
+            }
+        }
+    }
 }

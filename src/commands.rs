@@ -7,12 +7,12 @@ use crate::datatype::LOCK_TYPE;
 use crate::ffi::{self, Request};
 use crate::lock::{self, AcquireRequest, Acquired, Change, Lock, Micros};
 use crate::stats::{self, bump};
-use crate::{clock, node, sweeper, waiters};
+use crate::{clock, node, rejoin, sweeper, waiters};
 use redis_module::key::RedisKeyWritable;
 use redis_module::redisvalue::RedisValueKey;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// `lock.max-ttl-ms`: the longest lease a client may ask for.
 pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
@@ -20,6 +20,57 @@ pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
 /// `lock.max-hold-ms`: the longest a grant may be held, extensions
 /// included, unless `MAXHOLD` asks for less. 0: no bound.
 pub static MAX_HOLD_MS: AtomicI64 = AtomicI64::new(0);
+
+/// `lock.max-waiters`: clients that may wait on one lock at once; a `WAIT`
+/// beyond it is a single try. 0: none may wait.
+pub static MAX_WAITERS: AtomicI64 = AtomicI64::new(10_000);
+
+/// `lock.rejoin-delay-ms`: refuse new grants for this long after start-up
+/// (-1: `lock.max-ttl-ms` unless the AOF was on at load; see `rejoin.rs`).
+pub static REJOIN_DELAY_MS: AtomicI64 = AtomicI64::new(rejoin::AUTO);
+
+/// Whether `appendonly` was `yes` when the module was loaded.
+static DURABLE_AT_LOAD: AtomicBool = AtomicBool::new(false);
+
+/// Record at load whether the server keeps its grants in an AOF (the
+/// automatic delayed rejoin is off then), and log the delay that applies.
+pub fn init_rejoin(ctx: &Context) {
+    let text = |v: &RedisValue| match v {
+        RedisValue::SimpleString(s) | RedisValue::BulkString(s) => s.clone(),
+        RedisValue::SimpleStringStatic(s) => (*s).to_owned(),
+        RedisValue::StringBuffer(b) => String::from_utf8_lossy(b).into_owned(),
+        RedisValue::BulkRedisString(s) => s.to_string_lossy(),
+        _ => String::new(),
+    };
+    // Anything unexpected counts as "no AOF": the safe side.
+    let durable = match ctx.call("CONFIG", &["GET", "appendonly"]) {
+        Ok(RedisValue::Array(items)) => items.get(1).is_some_and(|v| text(v) == "yes"),
+        _ => false,
+    };
+    DURABLE_AT_LOAD.store(durable, Ordering::Relaxed);
+    let delay = rejoin_delay_ms();
+    if delay > 0 {
+        ctx.log_notice(&format!(
+            "lock: delayed rejoin: new grants are refused for {delay} ms after start-up \
+             (lock.rejoin-delay-ms; appendonly {})",
+            if durable { "yes" } else { "no" }
+        ));
+    }
+}
+
+fn rejoin_delay_ms() -> u64 {
+    rejoin::delay_ms(
+        REJOIN_DELAY_MS.load(Ordering::Relaxed),
+        DURABLE_AT_LOAD.load(Ordering::Relaxed),
+        max_ttl_ms(),
+    )
+}
+
+/// While the delayed rejoin runs: the refusal for a new grant.
+fn rejoining() -> Option<RedisError> {
+    rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load())
+        .map(|left| RedisError::String(rejoin::refusal(left)))
+}
 
 fn max_ttl_ms() -> i64 {
     MAX_TTL_MS.load(Ordering::Relaxed)
@@ -135,6 +186,18 @@ fn published(ctx: &Context, name: &RedisString, payload: &[u8], deadline: Micros
 /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms] [WAIT ms]`
 pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::acquire(req.args, limits()).map_err(arg_error)?;
+    if let Some(refusal) = rejoining() {
+        // Only the holder of a live lock may refresh it (the same grant);
+        // nothing new is granted, and nobody waits.
+        let slot = open(ctx, req)?;
+        if !slot
+            .current()
+            .is_some_and(|l| l.is_held_by(parsed.token, clock::now()))
+        {
+            bump(&stats::REJOIN_REFUSALS);
+            return Err(refusal);
+        }
+    }
     let db = ffi::selected_db(ctx);
     if waiters::total() > 0 {
         if let Some(name) = req.key(ctx) {
@@ -166,20 +229,21 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
         }
         Acquired::Taken => {
             bump(&stats::CONTENDED);
-            match parsed.wait_ms {
-                Some(timeout) if waiters::can_block(ctx) => {
-                    let key = (
-                        db,
-                        req.key(ctx)
-                            .ok_or(RedisError::WrongArity)?
-                            .as_slice()
-                            .to_vec(),
-                    );
-                    waiters::block(ctx, key, &request, timeout, parsed.ticket)?;
-                    Ok(RedisValue::NoReply)
-                }
-                _ => Ok(RedisValue::Null),
+            let Some(timeout) = parsed.wait_ms else {
+                return Ok(RedisValue::Null);
+            };
+            let name = req.key(ctx).ok_or(RedisError::WrongArity)?;
+            let limit = usize::try_from(MAX_WAITERS.load(Ordering::Relaxed)).unwrap_or(0);
+            if waiters::waiting(db, name.as_slice()) >= limit {
+                bump(&stats::WAITS_REFUSED);
+                return Ok(RedisValue::Null);
             }
+            if !waiters::can_block(ctx) {
+                return Ok(RedisValue::Null);
+            }
+            let key = (db, name.as_slice().to_vec());
+            waiters::block(ctx, key, &request, timeout, parsed.ticket)?;
+            Ok(RedisValue::NoReply)
         }
         Acquired::HoldLimit => {
             bump(&stats::HOLD_LIMIT_REFUSALS);
@@ -296,4 +360,6 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
     ctx.add_info_field_long_long("fence_counter", int(fence));
     ctx.add_info_field_long_long("expiry_index_entries", int(indexed as u64));
     ctx.add_info_field_long_long("waiters", int(waiters::total() as u64));
+    let rejoin_left = rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load()).unwrap_or(0);
+    ctx.add_info_field_long_long("rejoin_delay_left_ms", int(rejoin_left));
 }

@@ -24,6 +24,7 @@ pub mod codec;
 pub mod expiry;
 pub mod lock;
 pub mod queue;
+pub mod rejoin;
 
 #[cfg(all(feature = "module", not(test)))]
 mod commands;
@@ -127,6 +128,7 @@ mod module {
         let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
         node::with(|n| n.fences.observe(wall_micros));
         crate::waiters::init_clock(wall_micros);
+        commands::init_rejoin(ctx);
         let with_lock_category = ffi::add_acl_category(raw_ctx);
         for spec in command_specs(with_lock_category) {
             if let Err(e) = ffi::register_command(raw_ctx, &spec) {
@@ -176,6 +178,8 @@ mod module {
             i64: [
                 ["max-ttl-ms", &commands::MAX_TTL_MS, 86_400_000, 1, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
                 ["max-hold-ms", &commands::MAX_HOLD_MS, 0, 0, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
+                ["rejoin-delay-ms", &commands::REJOIN_DELAY_MS, crate::rejoin::AUTO, crate::rejoin::AUTO, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
+                ["max-waiters", &commands::MAX_WAITERS, 10_000, 0, 1_000_000_000, ConfigurationFlags::DEFAULT, None],
             ],
             string: [],
             bool: [],

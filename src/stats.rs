@@ -31,6 +31,8 @@ counters! {
     EXPIRED: "Leases that ran out while held (ended without a release).",
     HANDOVERS: "Grants made to a waiting client when the lock was freed.",
     WAIT_TIMEOUTS: "Waiting clients whose WAIT ran out.",
+    WAITS_REFUSED: "WAITs answered at once because lock.max-waiters clients already waited.",
+    REJOIN_REFUSALS: "LOCK.ACQUIRE refused with TRYAGAIN during the delayed rejoin after start-up.",
 }
 
 /// Lock values stored on the node (live, plus ended ones the sweeper has not

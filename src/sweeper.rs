@@ -59,7 +59,7 @@ fn sweep(ctx: &Context) {
         if !ffi::select_db(ctx, entry.db) {
             continue;
         }
-        let name = ctx.create_string(entry.key.as_slice());
+        let name = RedisString::create_from_slice(ctx.get_raw(), entry.key.as_slice());
         let key = ctx.open_key_writable(&name);
         let deadline = match key.get_value::<Lock>(&LOCK_TYPE) {
             Ok(Some(lock)) => lock.deadline,
@@ -119,7 +119,7 @@ pub unsafe extern "C" fn on_keyspace_event(
         ) {
             return 0;
         }
-        let name = context.create_string(key);
+        let name = RedisString::create_from_slice(context.get_raw(), key);
         let deadline = match context.open_key(&name).get_value::<Lock>(&LOCK_TYPE) {
             Ok(Some(lock)) => lock.deadline,
             _ => return 0,

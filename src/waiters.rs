@@ -232,7 +232,7 @@ pub fn swap_db(a: i32, b: i32) {
 
 fn on_kick(ctx: &Context, (db, key): (i32, Vec<u8>)) {
     ffi::guard((), || {
-        let name = ctx.create_string(key.as_slice());
+        let name = RedisString::create_from_slice(ctx.get_raw(), key.as_slice());
         serve_if_free(ctx, db, &name);
     });
 }

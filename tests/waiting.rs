@@ -285,3 +285,30 @@ fn tickets_order_the_queue() {
         assert_eq!(served, ["t100", "t200", "t300"], "{flavor}");
     }
 }
+
+#[test]
+fn max_waiters_bounds_the_queue() {
+    for flavor in testkit::flavors() {
+        let server = Server::builder(flavor)
+            .module_arg("max-waiters", "1")
+            .start();
+        let mut c = server.conn();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
+        let first = wait_in_thread(&server, "k", "b", 60_000, 10_000);
+        wait_for_waiters(&mut c, "k", 1);
+        let mut w = server.conn();
+        let started = Instant::now();
+        assert_eq!(
+            acquire_with(&mut w, "k", "c", 60_000, &["WAIT", "5000"]),
+            None,
+            "{flavor}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{flavor}: answered at once"
+        );
+        assert_eq!(testkit::lockcmd::stats(&mut c)["waits_refused"], 1);
+        release(&mut c, "k", "a");
+        assert!(first.join().unwrap().0.is_some());
+    }
+}

@@ -815,6 +815,25 @@ fn read_from(path: &Path, start: u64) -> String {
     read().unwrap_or_default()
 }
 
+/// `REDIS_LOCK_SERVER_WRAPPER`: a command (split on whitespace) to run the
+/// server under, e.g. `valgrind --log-file=/tmp/vg.%p.log`; the server
+/// binary and its arguments follow it.
+fn wrapper() -> Option<(String, Vec<String>)> {
+    let w = env::var("REDIS_LOCK_SERVER_WRAPPER").ok()?;
+    let mut words = w.split_whitespace().map(str::to_owned);
+    let program = words.next()?;
+    Some((program, words.collect()))
+}
+
+/// How much longer start-up and exit may take: 10 times under a wrapper.
+fn slowdown() -> u32 {
+    if wrapper().is_some() {
+        10
+    } else {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_offset;
@@ -851,24 +870,5 @@ mod tests {
         ] {
             assert_eq!(parse_offset(input), None, "{input}");
         }
-    }
-}
-
-/// `REDIS_LOCK_SERVER_WRAPPER`: a command (split on whitespace) to run the
-/// server under, e.g. `valgrind --log-file=/tmp/vg.%p.log`; the server
-/// binary and its arguments follow it.
-fn wrapper() -> Option<(String, Vec<String>)> {
-    let w = env::var("REDIS_LOCK_SERVER_WRAPPER").ok()?;
-    let mut words = w.split_whitespace().map(str::to_owned);
-    let program = words.next()?;
-    Some((program, words.collect()))
-}
-
-/// How much longer start-up and exit may take: 10 times under a wrapper.
-fn slowdown() -> u32 {
-    if wrapper().is_some() {
-        10
-    } else {
-        1
     }
 }

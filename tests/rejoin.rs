@@ -1,0 +1,177 @@
+//! Delayed rejoin: a node that may have lost its locks refuses new grants
+//! with `TRYAGAIN` until `lock.rejoin-delay-ms` has passed since start-up;
+//! extend, release and info keep working; the automatic default follows
+//! the AOF setting.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::{Duration, Instant};
+use testkit::lockcmd::{self, acquire, extend, info, release};
+use testkit::{error_text, info_field, Server};
+
+fn try_acquire(
+    c: &mut redis::Connection,
+    key: &str,
+    token: &str,
+    ttl: u64,
+) -> Result<Option<i64>, String> {
+    redis::cmd("LOCK.ACQUIRE")
+        .arg(key)
+        .arg(token)
+        .arg(ttl)
+        .query::<Option<i64>>(c)
+        .map_err(|e| error_text(&e))
+}
+
+#[test]
+fn grants_are_refused_with_tryagain_until_the_delay_has_passed() {
+    for flavor in testkit::flavors() {
+        let started = Instant::now();
+        let server = Server::builder(flavor)
+            .module_arg("rejoin-delay-ms", "1500")
+            .start();
+        let mut c = server.conn();
+        let err = try_acquire(&mut c, "k", "a", 1000).unwrap_err();
+        assert!(err.starts_with("TRYAGAIN"), "{flavor}: {err}");
+        assert!(err.contains("lock.rejoin-delay-ms"), "{flavor}: {err}");
+        let left: u64 = err
+            .split_whitespace()
+            .skip_while(|w| *w != "another")
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{flavor}: no time left in {err}"));
+        assert!(left > 0 && left <= 1500, "{flavor}: {left}");
+        // WAIT does not queue either; nothing was stored.
+        let err = lockcmd::error_of(
+            &mut c,
+            &[b"LOCK.ACQUIRE", b"k", b"a", b"1000", b"WAIT", b"100"],
+        );
+        assert!(err.starts_with("TRYAGAIN"), "{flavor}: {err}");
+        assert_eq!(info(&mut c, "k"), None, "{flavor}");
+        // The other commands work meanwhile.
+        assert_eq!(extend(&mut c, "k", "a", 1000), 0, "{flavor}");
+        assert_eq!(release(&mut c, "k", "a"), 0, "{flavor}");
+        assert!(
+            info_field(&mut c, "lock", "lock_rejoin_delay_left_ms") > 0,
+            "{flavor}"
+        );
+        assert!(
+            info_field(&mut c, "lock", "lock_rejoin_refusals") >= 2,
+            "{flavor}"
+        );
+        // Then grants resume, not before the delay.
+        let fence = testkit::eventually(Duration::from_secs(5), "grants resume", || {
+            try_acquire(&mut c, "k", "a", 1000).ok().flatten()
+        });
+        assert!(started.elapsed() >= Duration::from_millis(1500), "{flavor}");
+        assert!(fence > 0);
+        assert_eq!(
+            info_field(&mut c, "lock", "lock_rejoin_delay_left_ms"),
+            0,
+            "{flavor}"
+        );
+        assert_eq!(
+            acquire(&mut c, "k", "b", 1000),
+            None,
+            "{flavor}: normal again"
+        );
+    }
+}
+
+#[test]
+fn a_holder_may_refresh_and_extend_a_lock_it_holds_during_the_delay() {
+    for flavor in testkit::flavors() {
+        // RDB-only persistence: the auto delay applies (no AOF), but a lock
+        // saved before the restart comes back held.
+        let mut server = Server::builder(flavor)
+            .rdb()
+            .module_arg("rejoin-delay-ms", "2000")
+            .start();
+        let mut c = server.conn();
+        // Right after start the delay runs; end it for the setup.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("lock.rejoin-delay-ms")
+            .arg("0")
+            .query(&mut c)
+            .unwrap();
+        let fence = acquire(&mut c, "held", "owner", 60_000).unwrap();
+        server.shutdown_save();
+        server.start_again();
+        let mut c = server.conn();
+        assert_eq!(info(&mut c, "held").unwrap()["fence"], fence, "{flavor}");
+        // The holder refreshes (same grant, same fence) and extends.
+        assert_eq!(
+            try_acquire(&mut c, "held", "owner", 60_000),
+            Ok(Some(fence)),
+            "{flavor}"
+        );
+        assert_eq!(extend(&mut c, "held", "owner", 60_000), 1, "{flavor}");
+        // Anyone else, on any key, is refused with TRYAGAIN.
+        for (key, token) in [("held", "other"), ("free", "other")] {
+            let err = try_acquire(&mut c, key, token, 1000).unwrap_err();
+            assert!(err.starts_with("TRYAGAIN"), "{flavor}: {key}: {err}");
+        }
+        assert_eq!(release(&mut c, "held", "owner"), 1, "{flavor}");
+        assert!(try_acquire(&mut c, "held", "other", 1000)
+            .unwrap_err()
+            .starts_with("TRYAGAIN"));
+        // An operator may end the delay at once.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("lock.rejoin-delay-ms")
+            .arg("0")
+            .query(&mut c)
+            .unwrap();
+        assert!(
+            try_acquire(&mut c, "held", "other", 1000)
+                .unwrap()
+                .is_some(),
+            "{flavor}"
+        );
+    }
+}
+
+#[test]
+fn the_default_is_max_ttl_without_aof_and_off_with_it() {
+    for flavor in testkit::flavors() {
+        // No persistence, the default setting (-1): refused for max-ttl-ms.
+        let server = Server::builder(flavor)
+            .module_arg("rejoin-delay-ms", "-1")
+            .module_arg("max-ttl-ms", "800")
+            .start();
+        let mut c = server.conn();
+        let got: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("lock.rejoin-delay-ms")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(got[1], "-1", "{flavor}");
+        let err = try_acquire(&mut c, "k", "a", 500).unwrap_err();
+        assert!(err.starts_with("TRYAGAIN"), "{flavor}: {err}");
+        testkit::eventually(Duration::from_secs(5), "grants after max-ttl-ms", || {
+            try_acquire(&mut c, "k", "a", 500).ok().flatten()
+        });
+        assert!(server.log().contains("delayed rejoin"), "{flavor}: logged");
+
+        // With the AOF on, no delay.
+        let server = Server::builder(flavor)
+            .appendonly(true)
+            .module_arg("rejoin-delay-ms", "-1")
+            .start();
+        let mut c = server.conn();
+        assert!(
+            try_acquire(&mut c, "k", "a", 500).unwrap().is_some(),
+            "{flavor}"
+        );
+        assert_eq!(
+            info_field(&mut c, "lock", "lock_rejoin_delay_left_ms"),
+            0,
+            "{flavor}"
+        );
+    }
+}
