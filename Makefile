@@ -4,7 +4,7 @@ CARGO ?= cargo
 MODULE_DEBUG := target/debug/libredis_lock.so
 MODULE_RELEASE := target/release/libredis_lock.so
 
-.PHONY: help deps build release test lint fmt demo bench bench-client clean
+.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,14 @@ lint: ## cargo fmt --check and clippy with warnings denied
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-demo: release ## Start a node with the module and show the lock commands working
+demo: release ## Five local nodes; three `redis-lock run` workers, one killed -9, a node stopped
 	@bash scripts/demo.sh
+
+nodes: release ## Start five local nodes with the module and print the REDIS_LOCK_NODES line
+	@bash scripts/nodes.sh start
+
+nodes-stop: ## Stop the nodes started by `make nodes` and remove their data
+	@bash scripts/nodes.sh stop
 
 bench: release ## Benchmark the module against SET NX PX and the Lua scripts (redis-benchmark)
 	@bash scripts/bench-module.sh
@@ -40,3 +46,17 @@ bench-client: release ## Acquire+release latency of the quorum client on 1 and 5
 
 clean: ## Remove build output
 	$(CARGO) clean
+
+.PHONY: soak valgrind
+SEED ?= $(shell date +%s)
+DURATION ?= 60
+
+soak: deps ## Fault scenarios for longer: make soak SEED=42 DURATION=300 (seconds per scenario)
+	$(CARGO) build -p redis-lock
+	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) FAULTS_SEED=$(SEED) FAULTS_DURATION=$(DURATION) \
+		$(CARGO) test -p redis-lock-client --test faults -- --nocapture --test-threads=1
+	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) FUZZ_SEED=$(SEED) FUZZ_DURATION=$(DURATION) \
+		$(CARGO) test -p redis-lock --test fuzz -- --nocapture --test-threads=1
+
+valgrind: deps ## The module's integration tests once with redis-server under valgrind (slow)
+	@bash scripts/valgrind.sh
