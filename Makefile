@@ -4,7 +4,7 @@ CARGO ?= cargo
 MODULE_DEBUG := target/debug/libredis_lock.so
 MODULE_RELEASE := target/release/libredis_lock.so
 
-.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client clean
+.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client bench-handover clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: release ## Benchmark the module against SET NX PX and the Lua scripts (re
 
 bench-client: release ## Acquire+release latency of the quorum client on 1 and 5 nodes, against rslock
 	@bash scripts/bench-client.sh
+
+bench-handover: release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
+	@bash scripts/bench-handover.sh
 
 clean: ## Remove build output
 	$(CARGO) clean
