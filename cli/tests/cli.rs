@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use testkit::redis::Value;
-use testkit::{eventually, Flavor, NodeSet, Server};
+use testkit::{eventually, NodeSet, Server};
 
 /// Bound on any one invocation of the tool in these tests.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -39,14 +39,8 @@ const TOOL_ENV: [&str; 12] = [
     "REDIS_LOCK_KEY",
 ];
 
-fn flavor() -> Flavor {
-    *testkit::flavors()
-        .first()
-        .expect("at least one server flavor is installed")
-}
-
 fn nodes(n: usize) -> NodeSet {
-    NodeSet::start(n, flavor())
+    NodeSet::start(n, testkit::first_flavor())
 }
 
 /// The tool with a clean environment, pointed at `urls`.
@@ -289,7 +283,7 @@ fn unreachable_nodes_exit_69() {
 
 #[test]
 fn nodes_without_the_module_exit_78() {
-    let set = NodeSet::start_with(3, |_| Server::builder(flavor()).no_module());
+    let set = NodeSet::start_with(3, |_| Server::builder(testkit::first_flavor()).no_module());
     let urls = urls(&set);
     let mut cmd = tool(&urls);
     cmd.args(["acquire", "--key", "k"]);

@@ -34,15 +34,9 @@ use rand::{Rng, SeedableRng};
 use redis_lock_client::{Client, Config, ConfigBuilder, Lease};
 use testkit::history::{check, Event, Kind, Op, Recorder, Report, Value};
 use testkit::proxy::{Mode, Proxy};
-use testkit::{lockcmd, FencedStore, Flavor, NodeSet, Server};
+use testkit::{lockcmd, FencedStore, NodeSet, Server};
 
 const MS: Duration = Duration::from_millis(1);
-
-fn flavor() -> Flavor {
-    *testkit::flavors()
-        .first()
-        .expect("at least one server flavor is installed")
-}
 
 /// `FAULTS_SEED` (default 7).
 fn seed() -> u64 {
@@ -192,7 +186,7 @@ fn set_config(server: &Server, name: &str, value: &str) {
 /// once without persistence; the block is lifted and B tries.
 async fn restart_scenario(delayed_rejoin: bool) -> Report {
     const TTL: Duration = Duration::from_millis(1500);
-    let f = flavor();
+    let f = testkit::first_flavor();
     let delay = if delayed_rejoin { "-1" } else { "0" };
     let mut set = NodeSet::start_with(3, |_| {
         Server::builder(f)
@@ -271,7 +265,7 @@ async fn delayed_rejoin_keeps_a_restarted_node_from_granting_twice() {
 /// held (not caught up); the primary is killed, the replica promoted, and B
 /// asks the new primary.
 async fn failover_scenario(caught_up: bool) -> Report {
-    let f = flavor();
+    let f = testkit::first_flavor();
     let rec = Recorder::new();
     let n = rounds(1, Duration::from_millis(600));
     for round in 0..n {
@@ -338,7 +332,7 @@ async fn failover_to_a_replica_that_had_caught_up_keeps_the_lock() {
 
 /// A is granted, stops past its lease, B is granted and writes, A writes.
 async fn stale_scenario(fenced: bool) -> Report {
-    let set = NodeSet::start(3, flavor());
+    let set = NodeSet::start(3, testkit::first_flavor());
     let urls = set.urls();
     let rec = Recorder::new();
     let store = FencedStore::new();
@@ -402,7 +396,7 @@ async fn held_dropped_and_delayed_links_do_not_break_safety() {
     const TTL: Duration = Duration::from_millis(300);
     const RESOURCE: &str = "faults:proxy";
     const CLIENTS: usize = 3;
-    let set = NodeSet::start(3, flavor());
+    let set = NodeSet::start(3, testkit::first_flavor());
     let proxies: Arc<Vec<Vec<Proxy>>> = Arc::new(
         (0..CLIENTS)
             .map(|_| {

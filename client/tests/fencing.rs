@@ -25,15 +25,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis_lock_client::{Client, Config, ConfigBuilder, Lease};
 use testkit::history::{check, Op, Recorder, Report, Value};
-use testkit::{lockcmd, FencedStore, Flavor, NodeSet, Server};
+use testkit::{lockcmd, FencedStore, NodeSet, Server};
 
 const MS: Duration = Duration::from_millis(1);
-
-fn flavor() -> Flavor {
-    *testkit::flavors()
-        .first()
-        .expect("at least one server flavor is installed")
-}
 
 fn config(urls: &[String]) -> ConfigBuilder {
     Config::builder(urls.to_vec())
@@ -99,7 +93,7 @@ fn granted(rec: &Recorder, id: u64, lease: &Lease) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_holds_the_lease_fence_and_extend_keeps_it() {
-    let set = NodeSet::start(5, flavor());
+    let set = NodeSet::start(5, testkit::first_flavor());
     let urls = set.urls();
     // Node 0 counts far ahead, so its grants decide T whenever it grants.
     let ahead = push_counter_ahead(&set.nodes[0]);
@@ -172,7 +166,7 @@ async fn a_quorum_holds_the_lease_fence_and_extend_keeps_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raise_that_a_quorum_does_not_confirm_fails_the_round_and_releases() {
-    let set = NodeSet::start(3, flavor());
+    let set = NodeSet::start(3, testkit::first_flavor());
     let urls = set.urls();
     let key = "fencing:refused";
     // Grants come from nodes 0 and 1 (2 is held by someone else), node 0's
@@ -221,7 +215,7 @@ async fn a_raise_that_a_quorum_does_not_confirm_fails_the_round_and_releases() {
 /// someone else), pauses before writing until its lease has run out; B is
 /// granted by nodes 2, 3, 4 and writes; then A wakes up and writes.
 async fn stale_holder(fenced: bool) -> (Report, Lease, Lease) {
-    let set = NodeSet::start(5, flavor());
+    let set = NodeSet::start(5, testkit::first_flavor());
     let urls = set.urls();
     let key = "fencing:stale";
     push_counter_ahead(&set.nodes[0]);
@@ -318,7 +312,7 @@ struct Chaos {
 async fn chaos(fenced: bool, clients: usize, run: Duration, seed: u64) -> (Report, Chaos) {
     const TTL: Duration = Duration::from_millis(250);
     const RESOURCE: &str = "fencing:chaos";
-    let flavor = flavor();
+    let flavor = testkit::first_flavor();
     let set = NodeSet::start_with(5, |_| Server::builder(flavor).appendonly(true));
     let urls = set.urls();
     let rec = Arc::new(Recorder::new());

@@ -15,19 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis_lock_client::{Client, Config, ConfigBuilder, Error, LossReason, NodeErrorKind, Token};
-use testkit::{Flavor, NodeSet, Server};
+use testkit::{NodeSet, Server};
 
 const MS: Duration = Duration::from_millis(1);
 
-/// The flavor for tests that need only one: the first one installed.
-fn flavor() -> Flavor {
-    *testkit::flavors()
-        .first()
-        .expect("at least one server flavor is installed")
-}
-
 fn nodes(n: usize) -> NodeSet {
-    NodeSet::start(n, flavor())
+    NodeSet::start(n, testkit::first_flavor())
 }
 
 fn config(set: &NodeSet) -> ConfigBuilder {
@@ -545,7 +538,7 @@ async fn dropping_a_guard_releases_in_the_background() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_without_the_module_are_reported_as_such() {
-    let set = NodeSet::start_with(3, |_| Server::builder(flavor()).no_module());
+    let set = NodeSet::start_with(3, |_| Server::builder(testkit::first_flavor()).no_module());
     let c = client(&set);
     let err = c.try_acquire("res", 1000 * MS).await.unwrap_err();
     assert!(err.is_unreachable(), "{err}");

@@ -14,13 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis_lock_client::{Client, Config};
-use testkit::{lockcmd, Flavor, NodeSet, Server};
+use testkit::{lockcmd, NodeSet, Server};
 
 const MS: Duration = Duration::from_millis(1);
-
-fn flavor() -> Flavor {
-    *testkit::flavors().first().expect("a server flavor")
-}
 
 fn client(set: &NodeSet, server_wait: bool) -> Client {
     let config = Config::builder(set.urls())
@@ -46,7 +42,7 @@ fn queued_everywhere(set: &NodeSet, key: &str, n: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_acquire_is_woken_by_the_release() {
-    let set = NodeSet::start(5, flavor());
+    let set = NodeSet::start(5, testkit::first_flavor());
     let a = client(&set, true);
     let b = client(&set, true);
     let held = a.try_acquire("res", 30_000 * MS).await.unwrap();
@@ -74,7 +70,7 @@ async fn a_queued_acquire_is_woken_by_the_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_queued_acquire_leaves_no_waiter_and_no_grant() {
-    let set = NodeSet::start(5, flavor());
+    let set = NodeSet::start(5, testkit::first_flavor());
     let a = client(&set, true);
     let b = client(&set, true);
     let held = a.try_acquire("res", 30_000 * MS).await.unwrap();
@@ -132,7 +128,7 @@ async fn contend(set: &NodeSet, server_wait: bool, tasks: usize, rounds: usize) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_queued_contenders_keep_mutual_exclusion_and_nobody_starves() {
-    let set = NodeSet::start(5, flavor());
+    let set = NodeSet::start(5, testkit::first_flavor());
     // The bound: every acquisition succeeds within its 30 s budget (a
     // starved task fails its acquire and the test).
     let longest = contend(&set, true, 8, 6).await;
@@ -142,7 +138,7 @@ async fn many_queued_contenders_keep_mutual_exclusion_and_nobody_starves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_mode_still_works() {
-    let set = NodeSet::start(5, flavor());
+    let set = NodeSet::start(5, testkit::first_flavor());
     let longest = contend(&set, false, 4, 4).await;
     eprintln!("polling: longest wait {longest:?}");
 }

@@ -147,3 +147,10 @@ pub fn faketime_flavors() -> Vec<Flavor> {
     );
     flavors
 }
+
+/// The flavor for tests that need only one: the first one installed.
+pub fn first_flavor() -> Flavor {
+    *flavors()
+        .first()
+        .expect("at least one server flavor is installed")
+}

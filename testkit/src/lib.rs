@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 pub use cluster::Cluster;
 pub use fenced::{FencedStore, StaleFence};
-pub use flavor::{faketime_flavors, flavors, require_all, Flavor};
+pub use flavor::{faketime_flavors, first_flavor, flavors, require_all, Flavor};
 pub use lockutil::{
     corrupt_lock_dumps, crc64_redis, error_text, info_field, lock_info_fields, lock_info_owner,
     read_aof, wait_aof_rewrite,

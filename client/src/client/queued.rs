@@ -83,14 +83,10 @@ impl Client {
             let left = wait.saturating_sub(started.elapsed());
             if left < MIN_WAIT {
                 // The budget is spent: one plain round, its answer final.
-                let last = self.acquire_round(resource, token, ttl).await;
                 guard.armed = false;
-                return last.map_err(|e| Error::Timeout {
-                    resource: resource.to_owned(),
-                    waited: started.elapsed(),
-                    attempts,
-                    last: Box::new(e),
-                });
+                return self
+                    .last_round(resource, token, ttl, started, attempts)
+                    .await;
             }
             let outcome = self
                 .queue_round(resource, token, ttl, left, ticket, split_window)
@@ -150,17 +146,34 @@ impl Client {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
                     // Out of retries or budget: a last plain round.
-                    let last = self.acquire_round(resource, token, ttl).await;
                     guard.armed = false;
-                    return last.map_err(|e| Error::Timeout {
-                        resource: resource.to_owned(),
-                        waited: started.elapsed(),
-                        attempts,
-                        last: Box::new(e),
-                    });
+                    return self
+                        .last_round(resource, token, ttl, started, attempts)
+                        .await;
                 }
             }
         }
+    }
+
+    /// The final plain round once waiting is over; its failure is reported
+    /// as a timeout carrying the round's own error. (It releases what it
+    /// was granted if it fails, like every round.)
+    async fn last_round(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Ttl,
+        started: Instant,
+        attempts: u32,
+    ) -> Result<Lease, Error> {
+        self.acquire_round(resource, token, ttl)
+            .await
+            .map_err(|e| Error::Timeout {
+                resource: resource.to_owned(),
+                waited: started.elapsed(),
+                attempts,
+                last: Box::new(e),
+            })
     }
 
     /// One queue round: `WAIT` on every node, decided as soon as a quorum
