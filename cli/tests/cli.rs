@@ -785,3 +785,107 @@ fn completions_for_each_shell() {
         );
     }
 }
+
+/// A resource kept in files, written by `sh store.sh MODE FENCE WHO`: in
+/// `fenced` mode it refuses a fence lower than the highest it has accepted,
+/// in `naive` mode it accepts everything (the negative control).
+const STORE_SH: &str = r#"dir=$(dirname "$0")
+exec 9>"$dir/store.lock"
+flock 9
+max=$(cat "$dir/max" 2>/dev/null || echo 0)
+if [ "$1" = naive ] || [ "$2" -ge "$max" ]; then
+  [ "$2" -gt "$max" ] && echo "$2" > "$dir/max"
+  echo "accepted $2 $3" >> "$dir/writes"
+else
+  echo "rejected $2 $3" >> "$dir/writes"
+fi
+"#;
+
+/// The whole holder is paused (SIGSTOP of `redis-lock` and of its command)
+/// past its TTL; another `run` takes the lock and writes; then the paused
+/// worker wakes first (before its lease keeper can notice the loss) and
+/// writes with its old fence. Returns the accepted writes in order.
+fn paused_holder_writes(mode: &str) -> Vec<(String, u64)> {
+    let set = nodes(3);
+    let urls = urls(&set);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("store.sh"), STORE_SH).unwrap();
+    let store = d.join("store.sh");
+    let worker_a = format!(
+        "echo $$ > {pid}; echo ready > {ready}; \
+         while [ ! -e {go} ]; do sleep 0.01; done; \
+         sh {store} {mode} $REDIS_LOCK_FENCE A",
+        pid = d.join("pid_a").display(),
+        ready = d.join("ready_a").display(),
+        go = d.join("go_a").display(),
+        store = store.display(),
+    );
+    let mut a = Run::start(run_sh(&urls, "res", &["--ttl", "1s"], &worker_a));
+    wait_file(&d.join("ready_a"), "worker A running");
+    let child: i32 = fs::read_to_string(d.join("pid_a"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Pause the whole client: the lease keeper and the worker.
+    signal(a.pid(), libc::SIGSTOP);
+    signal(child, libc::SIGSTOP);
+    eventually(Duration::from_secs(10), "A's lease to run out", || {
+        (held_on(&set, "res") == 0).then_some(())
+    });
+    let worker_b = format!("sh {} {mode} $REDIS_LOCK_FENCE B", store.display());
+    let (code, _, err) = run_tool(run_sh(
+        &urls,
+        "res",
+        &["--ttl", "2s", "--wait", "10s"],
+        &worker_b,
+    ));
+    assert_eq!(code, 0, "B runs once A's lease ran out: {err}");
+    // The worker wakes before its lease keeper and writes at once.
+    fs::write(d.join("go_a"), "").unwrap();
+    signal(child, libc::SIGCONT);
+    eventually(LIMIT, "A's write attempt", || {
+        let writes = fs::read_to_string(d.join("writes")).unwrap_or_default();
+        (writes.lines().count() == 2).then_some(())
+    });
+    signal(a.pid(), libc::SIGCONT);
+    let code = a.code();
+    assert!(
+        code == 0 || code == 76,
+        "A ended with {code}: {}",
+        a.stderr()
+    );
+    fs::read_to_string(d.join("writes"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0] == "accepted").then(|| (f[2].to_string(), f[1].parse().unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_paused_past_its_ttl_is_fenced_off() {
+    let accepted = paused_holder_writes("fenced");
+    assert_eq!(
+        accepted.len(),
+        1,
+        "only B's write is accepted: {accepted:?}"
+    );
+    assert_eq!(accepted[0].0, "B");
+}
+
+/// Negative control: without the fence check the paused client's stale
+/// write lands after the newer holder's.
+#[test]
+fn negative_control_a_paused_client_without_fencing_overwrites() {
+    let accepted = paused_holder_writes("naive");
+    let who: Vec<&str> = accepted.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(who, ["B", "A"], "the stale write is accepted after B's");
+    assert!(
+        accepted[1].1 < accepted[0].1,
+        "A's fence is older: {accepted:?}"
+    );
+}
