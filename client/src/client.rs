@@ -275,15 +275,22 @@ impl Client {
         // answered that someone else holds it.
         let mut may_hold = vec![true; n];
         {
-            let mut pending: FuturesUnordered<_> = inner
-                .nodes
-                .iter()
-                .map(|node| async move {
-                    (
-                        node.index,
-                        node.acquire(resource, token.as_str(), ttl.millis, None)
-                            .await,
-                    )
+            // Owned futures, so that the slower nodes can be left to finish
+            // in the background once the round is won (below).
+            let shared: Arc<str> = Arc::from(resource);
+            let mut pending: FuturesUnordered<_> = (0..n)
+                .map(|i| {
+                    let (inner, resource, token) = (inner.clone(), shared.clone(), token.clone());
+                    async move {
+                        let answer = match inner.nodes.get(i) {
+                            Some(node) => {
+                                node.acquire(&resource, token.as_str(), ttl.millis, None)
+                                    .await
+                            }
+                            None => Ok(None),
+                        };
+                        (i, answer)
+                    }
                 })
                 .collect();
             while let Some((i, answer)) = pending.next().await {
@@ -308,10 +315,20 @@ impl Client {
                     break;
                 }
             }
-            // Dropping `pending` here abandons the slower nodes: a request
-            // not yet sent is never sent, one already sent is answered into
-            // the void, and any release below is queued behind it on the
-            // same connection.
+            if tally.decision() == Some(Decision::Won) && !pending.is_empty() {
+                // Won: let the slower nodes' requests go out and finish, so
+                // the lock is held on every node that can take it, not on a
+                // bare quorum (a bare quorum is lost with one more node).
+                // Their grants are ours: the lease's release and extension
+                // go to every node.
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move { while pending.next().await.is_some() {} });
+                }
+            }
+            // Otherwise dropping `pending` abandons the slower nodes: a
+            // request not yet sent is never sent, one already sent is
+            // answered into the void, and the release below is queued
+            // behind it on the same connection.
         }
         let now = Instant::now();
         granted.sort_unstable();
