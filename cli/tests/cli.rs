@@ -16,7 +16,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use testkit::redis::Value;
 use testkit::{eventually, NodeSet, Server};
 
 /// Bound on any one invocation of the tool in these tests.
@@ -144,19 +143,8 @@ fn running(pid: i32) -> bool {
     }
 }
 
-fn lock_info(server: &Server, key: &str) -> Option<std::collections::HashMap<String, i64>> {
-    let v: Value = testkit::redis::cmd("LOCK.INFO")
-        .arg(key)
-        .query(&mut server.conn())
-        .unwrap();
-    testkit::lock_info_fields(&v)
-}
-
 fn held_on(set: &NodeSet, key: &str) -> usize {
-    set.nodes
-        .iter()
-        .filter(|s| lock_info(s, key).is_some())
-        .count()
+    testkit::lockcmd::held_on(&set.nodes, key)
 }
 
 /// Freed by a release: free on a quorum at once (the release waits for
@@ -363,7 +351,7 @@ fn command_sees_fence_and_key_but_not_the_token() {
     let fences: Vec<i64> = set
         .nodes
         .iter()
-        .filter_map(|s| lock_info(s, "jobs:env"))
+        .filter_map(|s| testkit::lockcmd::info_on(s, "jobs:env"))
         .map(|f| f["fence"])
         .collect();
     assert!(fences.len() >= 2, "held on {fences:?}");
@@ -659,7 +647,7 @@ fn acquire_extend_release_from_a_script() {
     let set = nodes(3);
     let urls = urls(&set);
     let (token, fence) = acquire(&urls, "jobs:script", "2s");
-    let info = lock_info(&set.nodes[0], "jobs:script").unwrap();
+    let info = testkit::lockcmd::info_on(&set.nodes[0], "jobs:script").unwrap();
     assert!(info["ttl"] <= 2_000);
     assert!(fence > 0);
 
@@ -676,7 +664,7 @@ fn acquire_extend_release_from_a_script() {
     let (code, out, err) = run_tool(extend);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("extended"), "{out}");
-    assert!(lock_info(&set.nodes[0], "jobs:script").unwrap()["ttl"] > 50_000);
+    assert!(testkit::lockcmd::info_on(&set.nodes[0], "jobs:script").unwrap()["ttl"] > 50_000);
 
     let mut wrong = tool(&urls);
     wrong.args(["extend", "--key", "jobs:script", "--token", "not-the-token"]);
@@ -705,7 +693,7 @@ fn settings_come_from_the_environment() {
     let (code, out, err) = run_tool(cmd);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("REDIS_LOCK_TOKEN="), "{out}");
-    let ttl = lock_info(&set.nodes[0], "jobs:env-ttl").unwrap()["ttl"];
+    let ttl = testkit::lockcmd::info_on(&set.nodes[0], "jobs:env-ttl").unwrap()["ttl"];
     assert!((1..=1_500).contains(&ttl), "ttl {ttl}");
 
     let mut bad = tool(&urls(&set));

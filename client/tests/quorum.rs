@@ -33,20 +33,8 @@ fn client(set: &NodeSet) -> Client {
     Client::new(config(set).build().unwrap()).unwrap()
 }
 
-/// The lock's fields on one node (`None` if free there).
-fn info(server: &Server, key: &str) -> Option<std::collections::HashMap<String, i64>> {
-    let v: redis::Value = redis::cmd("LOCK.INFO")
-        .arg(key)
-        .query(&mut server.conn())
-        .unwrap();
-    testkit::lock_info_fields(&v)
-}
-
 fn held_on(set: &NodeSet, key: &str) -> usize {
-    set.nodes
-        .iter()
-        .filter(|s| s.is_running() && info(s, key).is_some())
-        .count()
+    testkit::lockcmd::held_on(&set.nodes, key)
 }
 
 /// Waits (bounded) until no node holds `key`: releases to the slowest nodes
@@ -73,7 +61,7 @@ async fn acquire_extend_release_on_five_nodes() {
     let fences: Vec<i64> = lease
         .nodes()
         .iter()
-        .map(|&i| info(&set.nodes[i], "res").unwrap()["fence"])
+        .map(|&i| testkit::lockcmd::info_on(&set.nodes[i], "res").unwrap()["fence"])
         .collect();
     assert_eq!(lease.fence(), *fences.iter().max().unwrap() as u64);
     assert!(
@@ -86,7 +74,7 @@ async fn acquire_extend_release_on_five_nodes() {
     c.extend(&mut lease, 5000 * MS).await.unwrap();
     assert!(lease.valid_until() > before);
     assert!(lease.remaining() > 4000 * MS);
-    let ttl_left = info(&set.nodes[lease.nodes()[0]], "res").unwrap()["ttl"];
+    let ttl_left = testkit::lockcmd::info_on(&set.nodes[lease.nodes()[0]], "res").unwrap()["ttl"];
     assert!(ttl_left > 4000, "node ttl {ttl_left}");
 
     let released = c.release(&lease).await.unwrap();

@@ -112,3 +112,16 @@ pub fn user_conn(server: &crate::Server, name: &str, password: &str, rules: &[&s
         .unwrap_or_else(|e| panic!("AUTH {name}: {e}"));
     c
 }
+
+/// `LOCK.INFO key` on one server, over a fresh connection.
+pub fn info_on(server: &crate::Server, key: &str) -> Option<HashMap<String, i64>> {
+    info(&mut server.conn(), key)
+}
+
+/// On how many of the running servers `key` is held.
+pub fn held_on(servers: &[crate::Server], key: &str) -> usize {
+    servers
+        .iter()
+        .filter(|s| s.is_running() && info_on(s, key).is_some())
+        .count()
+}

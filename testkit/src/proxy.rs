@@ -384,7 +384,11 @@ mod tests {
             let mut e = connect(&p);
             assert_eq!(roundtrip(&mut e, b"again").as_deref(), Some(&b"again"[..]));
             assert!(p.accepted() >= 3);
-            assert!(p.forwarded() >= 2 * (5 + 4 + 4 + 5) as u64);
+            // The counter moves just after the bytes are written on: wait
+            // (bounded) rather than race the forwarding thread.
+            crate::eventually(Duration::from_secs(2), "forwarded bytes counted", || {
+                (p.forwarded() >= 2 * (5 + 4 + 4 + 5) as u64).then_some(())
+            });
         } // dropping the proxy joins its threads
         stop.store(true, Ordering::SeqCst);
         echo.join().unwrap();
