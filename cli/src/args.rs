@@ -260,7 +260,6 @@ pub struct CompletionsArgs {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
     use clap::CommandFactory;

@@ -84,7 +84,6 @@ pub fn format(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::panic)]
 
     use super::*;
 

@@ -119,7 +119,6 @@ pub fn for_child(status: ExitStatus) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use std::os::unix::process::ExitStatusExt;

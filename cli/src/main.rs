@@ -5,6 +5,17 @@
 //! modules and unit-tested; `run.rs` holds the process handling and
 //! `commands.rs` the other subcommands.
 
+// Unit tests may unwrap and index; library code may not (see [workspace.lints]).
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 mod args;
 mod commands;
 mod duration;

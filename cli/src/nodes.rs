@@ -457,7 +457,6 @@ pub fn server_version(info: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -219,7 +219,6 @@ pub fn status(labels: &[String], probes: &[Probe], key: Option<&str>, quorum: us
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::nodes::LockInfo;
