@@ -163,8 +163,12 @@ fn assert_released(set: &NodeSet, key: &str) {
     );
 }
 
-fn del_on(servers: &[Server], key: &str) {
-    for s in servers {
+/// Deletes `key` on the first `count` nodes of `set`, once every node holds
+/// it: a grant still in flight to a slower node must not land after the
+/// delete and hand the lease its quorum back.
+fn del_on_first(set: &NodeSet, count: usize, key: &str) {
+    testkit::lockcmd::wait_held_everywhere(&set.nodes, key);
+    for s in &set.nodes[..count] {
         let _: i64 = testkit::redis::cmd("DEL")
             .arg(key)
             .query(&mut s.conn())
@@ -449,7 +453,7 @@ fn deleting_the_key_on_a_majority_stops_the_command_with_76() {
         &term_recording_script(&ready, &got),
     ));
     wait_file(&ready, "the command to start");
-    del_on(&set.nodes[..2], "jobs:lost");
+    del_on_first(&set, 2, "jobs:lost");
     let started = Instant::now();
     let code = run.code();
     let err = run.stderr();
@@ -484,7 +488,7 @@ fn a_command_ignoring_sigterm_is_killed_after_the_grace() {
         .trim()
         .parse()
         .unwrap();
-    del_on(&set.nodes[..2], "jobs:stubborn");
+    del_on_first(&set, 2, "jobs:stubborn");
     let code = run.code();
     let err = run.stderr();
     assert_eq!(code, 76, "{err}");

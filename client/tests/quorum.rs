@@ -417,6 +417,7 @@ async fn loss_is_signalled_when_the_lock_is_deleted_on_a_majority() {
     let c = client(&set);
     let guard = c.lock("deleted", 600 * MS, 1000 * MS).await.unwrap();
     assert!(!guard.is_lost());
+    testkit::lockcmd::wait_held_everywhere(&set.nodes, "deleted");
     for s in &set.nodes[..3] {
         let _: i64 = redis::cmd("DEL")
             .arg("deleted")

@@ -125,3 +125,15 @@ pub fn held_on(servers: &[crate::Server], key: &str) -> usize {
         .filter(|s| s.is_running() && info_on(s, key).is_some())
         .count()
 }
+
+/// Waits (bounded) until every server holds `key`. A quorum client returns
+/// once a majority granted and lets the slower requests finish in the
+/// background: a test that then removes the lock from some nodes must wait
+/// for those, or a grant still in flight may land after its delete.
+pub fn wait_held_everywhere(servers: &[crate::Server], key: &str) {
+    crate::eventually(
+        std::time::Duration::from_secs(10),
+        "the lock to be held on every node",
+        || (held_on(servers, key) == servers.len()).then_some(()),
+    );
+}
