@@ -15,6 +15,7 @@ CLIENTS=${CLIENTS:-50}
 N_PLAIN=${N_PLAIN:-200000}     # requests per run without pipelining
 N_PIPE=${N_PIPE:-1000000}      # requests per run with -P 16
 KEYSPACE=100000
+FRESH_KEYSPACE=1000000000
 HELD=1000000                   # locks preloaded for the release benchmark
 [ -f "$MODULE" ] || { echo "build the module first: cargo build --release" >&2; exit 1; }
 
@@ -49,13 +50,24 @@ preload() {
   fi | cli --pipe >/dev/null
 }
 
+# Two acquire workloads, each against SET NX PX and the Lua script:
+# - fresh: random keys from a huge keyspace, so nearly every attempt is a
+#   grant (the write path);
+# - contended: 1M attempts on 100k keys with a 10 s TTL, so about 90% find
+#   the key held and are refused (the read path). Every attempt carries its
+#   own random token, as attempts by different clients would: SET NX and the
+#   script refuse a held key whatever the value, while LOCK.ACQUIRE with the
+#   holder's own token is a re-acquire that refreshes the lease (a write).
 declare -A R
 run_round() {
   for pipe in 1 16; do
     local n=$N_PLAIN; [ "$pipe" = 16 ] && n=$N_PIPE
-    cli FLUSHALL >/dev/null; R[set,$pipe]+=" $(rps "$n" "$pipe" $KEYSPACE SET key:__rand_int__ tok NX PX 10000)"
-    cli FLUSHALL >/dev/null; R[lock,$pipe]+=" $(rps "$n" "$pipe" $KEYSPACE LOCK.ACQUIRE key:__rand_int__ tok 10000)"
-    cli FLUSHALL >/dev/null; R[lua,$pipe]+=" $(rps "$n" "$pipe" $KEYSPACE EVALSHA "$ACQ_SHA" 1 key:__rand_int__ tok 10000)"
+    for w in fresh contended; do
+      local space=$KEYSPACE; [ "$w" = fresh ] && space=$FRESH_KEYSPACE
+      cli FLUSHALL >/dev/null; R[set_$w,$pipe]+=" $(rps "$n" "$pipe" "$space" SET key:__rand_int__ tok NX PX 10000)"
+      cli FLUSHALL >/dev/null; R[lock_$w,$pipe]+=" $(rps "$n" "$pipe" "$space" LOCK.ACQUIRE key:__rand_int__ tok:__rand_int__ 10000)"
+      cli FLUSHALL >/dev/null; R[lua_$w,$pipe]+=" $(rps "$n" "$pipe" "$space" EVALSHA "$ACQ_SHA" 1 key:__rand_int__ tok 10000)"
+    done
     # Releases on held keys: 1M held, 200k random picks, so about 90% hit a held lock.
     preload lock; R[rel,$pipe]+=" $(rps "$N_PLAIN" "$pipe" $HELD LOCK.RELEASE rel:__rand_int__ tok)"
     preload string; R[del,$pipe]+=" $(rps "$N_PLAIN" "$pipe" $HELD EVALSHA "$DEL_SHA" 1 rel:__rand_int__ tok)"
@@ -68,27 +80,35 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo "redis-lock module benchmark: $(redis-server --version | cut -d' ' -f3), $CLIENTS clients, $ROUNDS rounds (median)"
 for r in $(seq 1 "$ROUNDS"); do echo "  round $r/$ROUNDS..."; run_round; done
 
+KINDS="set_fresh lock_fresh lua_fresh set_contended lock_contended lua_contended rel del"
 declare -A M
-for k in set lock lua rel del; do
+for k in $KINDS; do
   M[$k,1]=$(echo "${R[$k,1]}" | median)
   M[$k,16]=$(echo "${R[$k,16]}" | median)
 done
-printf '\n%-44s %12s %12s\n' "command (median ops/s)" "P=1" "P=16"
-for k in set lock lua rel del; do
+printf '\n%-52s %12s %12s\n' "command (median ops/s)" "P=1" "P=16"
+for k in $KINDS; do
   case $k in
-    set) name="SET key tok NX PX 10000";;
-    lock) name="LOCK.ACQUIRE key tok 10000";;
-    lua) name="EVALSHA acquire script (exists + set px)";;
+    set_*) name="SET key tok NX PX 10000";;
+    lock_*) name="LOCK.ACQUIRE key tok 10000";;
+    lua_*) name="EVALSHA acquire script (exists + set px)";;
     rel) name="LOCK.RELEASE on held keys";;
     del) name="EVALSHA compare-and-delete on held keys";;
   esac
-  printf '%-44s %12.0f %12.0f\n' "$name" "${M[$k,1]}" "${M[$k,16]}"
+  case $k in
+    *_fresh) name="$name, fresh keys";;
+    *_contended) name="$name, contended";;
+  esac
+  printf '%-52s %12.0f %12.0f\n' "$name" "${M[$k,1]}" "${M[$k,16]}"
 done
 
-printf '\n%-44s %10s %10s\n' "ratio" "P=1" "P=16"
-printf '%-44s %10s %10s\n' "LOCK.ACQUIRE / SET NX PX (target >= 0.95)" "$(ratio "${M[lock,1]}" "${M[set,1]}")" "$(ratio "${M[lock,16]}" "${M[set,16]}")"
-printf '%-44s %10s %10s\n' "LOCK.ACQUIRE / Lua acquire (target >= 1.8)" "$(ratio "${M[lock,1]}" "${M[lua,1]}")" "$(ratio "${M[lock,16]}" "${M[lua,16]}")"
-printf '%-44s %10s %10s\n' "LOCK.RELEASE / Lua delete (target >= 1.8)" "$(ratio "${M[rel,1]}" "${M[del,1]}")" "$(ratio "${M[rel,16]}" "${M[del,16]}")"
+row() { printf '%-52s %10s %10s\n' "$1" "$(ratio "${M[$2,1]}" "${M[$3,1]}")" "$(ratio "${M[$2,16]}" "${M[$3,16]}")"; }
+printf '\n%-52s %10s %10s\n' "ratio" "P=1" "P=16"
+row "ACQUIRE / SET NX PX, fresh keys (target >= 0.95)" lock_fresh set_fresh
+row "ACQUIRE / SET NX PX, contended (target >= 0.95)" lock_contended set_contended
+row "ACQUIRE / Lua acquire, fresh keys (target >= 1.8)" lock_fresh lua_fresh
+row "ACQUIRE / Lua acquire, contended (target >= 1.8)" lock_contended lua_contended
+row "RELEASE / Lua delete (target >= 1.8)" rel del
 
 # Memory: one key each, then 100k of each kind (includes the expire dict for
 # SET PX and the module's expiry index for locks).

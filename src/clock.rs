@@ -27,5 +27,10 @@ pub fn now() -> Micros {
 
 /// Microseconds since the module was loaded.
 pub fn since_load() -> Micros {
-    now().saturating_sub(OFFSET)
+    since_load_at(now())
+}
+
+/// Microseconds from the module's load to `now` (a value of [`now`]).
+pub fn since_load_at(now: Micros) -> Micros {
+    now.saturating_sub(OFFSET)
 }

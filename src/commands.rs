@@ -66,9 +66,9 @@ fn rejoin_delay_ms() -> u64 {
     )
 }
 
-/// While the delayed rejoin runs: the refusal for a new grant.
-fn rejoining() -> Option<RedisError> {
-    rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load())
+/// While the delayed rejoin runs: the refusal for a new grant at `now`.
+fn rejoining(now: Micros) -> Option<RedisError> {
+    rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(now))
         .map(|left| RedisError::String(rejoin::refusal(left)))
 }
 
@@ -186,13 +186,16 @@ fn published(ctx: &Context, name: &RedisString, payload: &[u8], deadline: Micros
 /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms] [WAIT ms]`
 pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::acquire(req.args, limits()).map_err(arg_error)?;
-    if let Some(refusal) = rejoining() {
+    // One clock read per command: the request has arrived, so a deadline
+    // counted from here is never earlier than the one its sender assumes.
+    let now = clock::now();
+    if let Some(refusal) = rejoining(now) {
         // Only the holder of a live lock may refresh it (the same grant);
         // nothing new is granted, and nobody waits.
         let slot = open(ctx, req)?;
         if !slot
             .current()
-            .is_some_and(|l| l.is_held_by(parsed.token, clock::now()))
+            .is_some_and(|l| l.is_held_by(parsed.token, now))
         {
             bump(&stats::REJOIN_REFUSALS);
             return Err(refusal);
@@ -207,7 +210,6 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
         }
     }
     let slot = open(ctx, req)?;
-    let now = clock::now();
     let request = AcquireRequest {
         token: parsed.token,
         ttl: parsed.ttl_ms.saturating_mul(1000),
