@@ -111,9 +111,33 @@ async fn acquire(g: &Global, a: AcquireArgs) -> u8 {
                 )
             );
             let _ = std::io::stdout().flush();
+            // The round returned once a quorum granted; let the requests to
+            // the slower nodes finish, so the lock is held on every node that
+            // can take it and not on a bare quorum.
+            settle(g, &client).await;
             exit::OK
         }
-        Err(e) => not_acquired(key, &e),
+        Err(e) => {
+            let code = not_acquired(key, &e);
+            settle(g, &client).await;
+            code
+        }
+    }
+}
+
+/// Before the runtime stops: waits for the requests the client left to
+/// finish in the background, at most as long as one request may take (a
+/// request on a broken connection is sent once more on a new one).
+pub async fn settle(g: &Global, client: &Client) {
+    let limit = g
+        .connect_timeout
+        .saturating_add(g.timeout)
+        .saturating_mul(2);
+    if !client.settle(limit).await {
+        eprintln!(
+            "redis-lock: some nodes did not answer within {}; a lock left on them runs out at its TTL",
+            duration::format(limit)
+        );
     }
 }
 

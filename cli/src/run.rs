@@ -11,7 +11,7 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use redis_lock_client::{LockGuard, LossReason};
+use redis_lock_client::{Client, LockGuard, LossReason};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
@@ -170,20 +170,21 @@ fn describe(status: Option<ExitStatus>) -> String {
     }
 }
 
-/// Releases and reports a failure on stderr; the outcome does not change
-/// the exit status (an unreleased lock runs out at its TTL).
-async fn release(guard: LockGuard, key: &str, ttl: Duration, verbose: bool) {
+/// Releases, reports a failure on stderr (the outcome does not change the
+/// exit status: an unreleased lock runs out at its TTL), and lets the
+/// release reach every node.
+async fn release(
+    g: &Global,
+    client: &Client,
+    guard: LockGuard,
+    key: &str,
+    ttl: Duration,
+    verbose: bool,
+) {
     match guard.release().await {
         Ok(r) => {
             if verbose {
                 eprintln!("redis-lock: released {key:?} (freed on {} nodes)", r.held);
-            }
-            // The release returns once a quorum answered; the requests to
-            // the other nodes are queued on their connections. Let them go
-            // out before the runtime stops, or those nodes keep the lock
-            // until its TTL.
-            if r.pending > 0 {
-                sleep(Duration::from_millis(50)).await;
             }
         }
         Err(e) => eprintln!(
@@ -191,6 +192,10 @@ async fn release(guard: LockGuard, key: &str, ttl: Duration, verbose: bool) {
             duration::format(ttl)
         ),
     }
+    // The release returns once a quorum answered; let the requests to the
+    // other nodes finish before the runtime stops, or those nodes keep the
+    // lock until its TTL.
+    commands::settle(g, client).await;
 }
 
 enum Ended {
@@ -218,8 +223,8 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
         sig = signals.recv() => {
             eprintln!("redis-lock: {} while waiting for {key:?}; not running the command", signal_name(sig));
             // The cancelled round releases what it was granted in a
-            // background task: let it run before the runtime stops.
-            sleep(g.timeout.min(Duration::from_millis(500))).await;
+            // background task: let it finish before the runtime stops.
+            commands::settle(g, &client).await;
             return 128u8.saturating_add(u8::try_from(sig).unwrap_or(0));
         }
     };
@@ -231,7 +236,7 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
     let (mut child, pgid) = match spawn(&a.command, key, fence) {
         Ok(c) => c,
         Err(code) => {
-            release(guard, key, ttl, a.verbose).await;
+            release(g, &client, guard, key, ttl, a.verbose).await;
             return code;
         }
     };
@@ -264,12 +269,12 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
                 exit::LOST
             );
             // Frees the nodes that may still hold our token.
-            release(guard, key, ttl, false).await;
+            release(g, &client, guard, key, ttl, false).await;
             exit::LOST
         }
         Ended::Exited(Err(e)) => {
             let status = stop_group(&mut child, pgid, a.kill_grace).await;
-            release(guard, key, ttl, a.verbose).await;
+            release(g, &client, guard, key, ttl, a.verbose).await;
             fail(
                 Failure::Internal,
                 format!(
@@ -286,13 +291,13 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
                 eprintln!(
                     "redis-lock: LOST the lock {key:?} as the command exited with status {code}: {reason}"
                 );
-                release(guard, key, ttl, false).await;
+                release(g, &client, guard, key, ttl, false).await;
                 return exit::LOST;
             }
             if a.verbose {
                 eprintln!("redis-lock: the command exited with status {code}");
             }
-            release(guard, key, ttl, a.verbose).await;
+            release(g, &client, guard, key, ttl, a.verbose).await;
             code
         }
     }

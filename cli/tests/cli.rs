@@ -881,3 +881,33 @@ fn negative_control_a_paused_client_without_fencing_overwrites() {
         "A's fence is older: {accepted:?}"
     );
 }
+
+/// The tool returns once a quorum answered, but does not exit before the
+/// slower nodes have answered too: `acquire` leaves the lock on every node,
+/// and `run` frees it on every node, by the time the tool exits (cutting
+/// those requests off would leave a bare quorum, or a lock held until its
+/// TTL).
+#[test]
+fn a_slow_node_gets_the_grant_and_the_release_before_the_tool_exits() {
+    let set = nodes(3);
+    let slow = testkit::Proxy::start(("127.0.0.1", set.nodes[2].port()));
+    slow.set_mode(testkit::ProxyMode::Delay(Duration::from_millis(300)));
+    let urls = format!(
+        "{},{},{}",
+        set.nodes[0].url(),
+        set.nodes[1].url(),
+        slow.url()
+    );
+    let flags = ["--ttl", "30s", "--timeout", "2s", "--connect-timeout", "2s"];
+
+    let mut cmd = tool(&urls);
+    cmd.args(["acquire", "--key", "slow:acquired"]).args(flags);
+    let (code, _, err) = run_tool(cmd);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(held_on(&set, "slow:acquired"), 3, "held on every node");
+
+    let (code, _, err) = run_tool(run_sh(&urls, "slow:run", &flags, "true"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(held_on(&set, "slow:run"), 0, "freed on every node");
+    assert!(!err.contains("did not answer"), "{err}");
+}

@@ -100,6 +100,11 @@ impl Client {
         self.block_on(self.inner.release(lease))?
     }
 
+    /// See [`crate::Client::settle`].
+    pub fn settle(&self, limit: Duration) -> Result<bool, Error> {
+        self.block_on(self.inner.settle(limit))
+    }
+
     /// Acquires and renews in the background; see [`crate::Client::lock`].
     pub fn lock(&self, resource: &str, ttl: Duration, wait: Duration) -> Result<LockGuard, Error> {
         let guard = self.block_on(self.inner.lock(resource, ttl, wait))??;
@@ -146,8 +151,11 @@ impl Drop for Client {
             if tokio::runtime::Handle::try_current().is_ok() {
                 rt.shutdown_background();
             } else {
-                // Give background releases of dropped guards a moment.
-                rt.shutdown_timeout(Duration::from_millis(200));
+                // Let the background work (the releases of dropped guards,
+                // the stragglers of a release) finish, for a moment at most:
+                // shutting the runtime down cancels it.
+                rt.block_on(self.inner.settle(Duration::from_millis(200)));
+                rt.shutdown_background();
             }
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 
+use crate::background::Background;
 use crate::config::Config;
 use crate::error::{Error, LossReason, NodeError};
 use crate::guard::{HeldLease, LockGuard};
@@ -45,6 +46,7 @@ impl Released {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) nodes: Vec<Node>,
+    pub(crate) background: Arc<Background>,
 }
 
 /// A quorum lock client over N nodes that run the module.
@@ -88,16 +90,14 @@ impl Drop for ReleaseOnDrop {
             return;
         }
         // No blocking work here: hand the release to the runtime, if any.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let inner = self.inner.clone();
-            let resource = std::mem::take(&mut self.resource);
-            let token = self.token.clone();
-            tracing::debug!(resource = %resource, "acquisition cancelled, releasing in the background");
-            handle.spawn(async move {
-                let all = vec![true; inner.nodes.len()];
-                release_nodes(&inner, &resource, &token, &all, Wait::All).await;
-            });
-        }
+        let inner = self.inner.clone();
+        let resource = std::mem::take(&mut self.resource);
+        let token = self.token.clone();
+        tracing::debug!(resource = %resource, "acquisition cancelled, releasing in the background");
+        self.inner.background.spawn(None, async move {
+            let all = vec![true; inner.nodes.len()];
+            release_nodes(&inner, &resource, &token, &all, Wait::All).await;
+        });
     }
 }
 
@@ -111,7 +111,11 @@ impl Client {
             .map(|(i, spec)| Node::new(i, spec, config.connect_timeout, config.request_timeout))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client {
-            inner: Arc::new(Inner { config, nodes }),
+            inner: Arc::new(Inner {
+                config,
+                nodes,
+                background: Arc::default(),
+            }),
         })
     }
 
@@ -122,6 +126,17 @@ impl Client {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Waits, at most `limit`, until the requests this client left to finish
+    /// in the background are done: the slower nodes of a won round, the
+    /// stragglers of a release (see [`Released::pending`]), the release of
+    /// a cancelled acquisition or of a dropped guard. A program calls it
+    /// before it exits, so that no node keeps a lock until its TTL because
+    /// the request freeing it never went out. Whether everything finished
+    /// (false if a guard is still held, or a node did not answer in time).
+    pub async fn settle(&self, limit: Duration) -> bool {
+        self.inner.background.settle(limit).await
     }
 
     /// Connects to every node now rather than at the first request. Fails
@@ -321,9 +336,9 @@ impl Client {
                 // bare quorum (a bare quorum is lost with one more node).
                 // Their grants are ours: the lease's release and extension
                 // go to every node.
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move { while pending.next().await.is_some() {} });
-                }
+                inner
+                    .background
+                    .spawn(None, async move { while pending.next().await.is_some() {} });
             }
             // Otherwise dropping `pending` abandons the slower nodes: a
             // request not yet sent is never sent, one already sent is
@@ -757,22 +772,22 @@ pub(crate) async fn release_nodes(
             Ok(false) => out.not_held += 1,
             Err(e) => out.failed.push(e),
         }
+        // Without a tokio runtime to leave them to, wait for every node.
         if wait == Wait::Quorum
             && out.held + out.not_held >= inner.config.quorum
             && !pending.is_empty()
+            && tokio::runtime::Handle::try_current().is_ok()
         {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                out.pending = pending.len();
-                let resource = shared.clone();
-                handle.spawn(async move {
-                    while let Some(answer) = pending.next().await {
-                        if let Err(e) = answer {
-                            tracing::debug!(resource = %resource, error = %e, "late release failed");
-                        }
+            out.pending = pending.len();
+            let resource = shared.clone();
+            inner.background.spawn(None, async move {
+                while let Some(answer) = pending.next().await {
+                    if let Err(e) = answer {
+                        tracing::debug!(resource = %resource, error = %e, "late release failed");
                     }
-                });
-                break;
-            }
+                }
+            });
+            break;
         }
     }
     tracing::debug!(

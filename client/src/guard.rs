@@ -132,7 +132,12 @@ impl LockGuard {
             on_expiry: LossReason::Expired,
         });
         let (stop_tx, stop_rx) = oneshot::channel();
-        runtime.spawn(renew(client.clone(), tx, stop_rx));
+        // Counted with the client's background work: a program that waits
+        // for it to settle before exiting lets a dropped guard release.
+        client
+            .inner
+            .background
+            .spawn(Some(runtime), renew(client.clone(), tx, stop_rx));
         LockGuard {
             client,
             held: HeldLease { rx },

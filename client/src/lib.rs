@@ -49,6 +49,7 @@
     )
 )]
 
+mod background;
 pub mod blocking;
 mod client;
 mod config;

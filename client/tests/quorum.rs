@@ -583,3 +583,34 @@ async fn every_flavor_acquires_extends_and_releases() {
         assert!(r.held >= 1 && r.held + r.not_held >= 2, "{f}: {r:?}");
     }
 }
+
+/// A round and a release return once a quorum answered; `settle` waits for
+/// the slower node too, so a program that calls it before exiting leaves the
+/// lock on every node (acquired) or on none (released).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_waits_for_the_slower_nodes() {
+    let set = nodes(3);
+    let slow = testkit::Proxy::start(("127.0.0.1", set.nodes[2].port()));
+    slow.set_mode(testkit::ProxyMode::Delay(200 * MS));
+    let urls = vec![set.nodes[0].url(), set.nodes[1].url(), slow.url()];
+    let c = Client::new(
+        Config::builder(urls)
+            .connect_timeout(Duration::from_secs(2))
+            .request_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let lease = c
+        .try_acquire("settle", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(lease.nodes(), [0, 1], "decided without the slow node");
+    assert!(c.settle(Duration::from_secs(5)).await);
+    assert_eq!(held_on(&set, "settle"), 3);
+    let released = c.release(&lease).await.unwrap();
+    assert_eq!((released.held, released.pending), (2, 1));
+    assert!(c.settle(Duration::from_secs(5)).await);
+    assert_eq!(held_on(&set, "settle"), 0);
+    assert!(c.settle(Duration::ZERO).await, "nothing left running");
+}
