@@ -12,7 +12,7 @@ use redis_module::key::RedisKeyWritable;
 use redis_module::redisvalue::RedisValueKey;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// `lock.max-ttl-ms`: the longest lease a client may ask for.
 pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
@@ -28,6 +28,13 @@ pub static MAX_WAITERS: AtomicI64 = AtomicI64::new(10_000);
 /// `lock.rejoin-delay-ms`: refuse new grants for this long after start-up
 /// (-1: `lock.max-ttl-ms` unless the AOF was on at load; see `rejoin.rs`).
 pub static REJOIN_DELAY_MS: AtomicI64 = AtomicI64::new(rejoin::AUTO);
+
+/// `lock.promotion-delay-ms`: refuse new grants for this long after this
+/// node is promoted from replica to primary (0: off, -1: `lock.max-ttl-ms`).
+pub static PROMOTION_DELAY_MS: AtomicI64 = AtomicI64::new(0);
+
+/// When this node was last promoted to primary (`clock::now()`), 0 if never.
+static PROMOTED_AT: AtomicU64 = AtomicU64::new(0);
 
 /// Whether `appendonly` was `yes` when the module was loaded.
 static DURABLE_AT_LOAD: AtomicBool = AtomicBool::new(false);
@@ -66,10 +73,45 @@ fn rejoin_delay_ms() -> u64 {
     )
 }
 
-/// While the delayed rejoin runs: the refusal for a new grant at `now`.
+/// While the delayed rejoin or the promotion delay runs: the refusal for a
+/// new grant at `now`.
 fn rejoining(now: Micros) -> Option<RedisError> {
-    rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(now))
-        .map(|left| RedisError::String(rejoin::refusal(left)))
+    if let Some(left) = rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(now)) {
+        return Some(RedisError::String(rejoin::refusal(left)));
+    }
+    promotion_left_ms(now).map(|left| RedisError::String(rejoin::promotion_refusal(left)))
+}
+
+fn promotion_left_ms(now: Micros) -> Option<u64> {
+    let promoted_at = PROMOTED_AT.load(Ordering::Relaxed);
+    rejoin::promotion_remaining_ms(
+        rejoin::promotion_delay_ms(PROMOTION_DELAY_MS.load(Ordering::Relaxed), max_ttl_ms()),
+        (promoted_at != 0).then_some(promoted_at),
+        now,
+    )
+}
+
+/// `REPLICATION_ROLE_CHANGED`: a replica became a primary. Its data may lack
+/// the last grants of its old primary, so the promotion delay starts now.
+pub unsafe extern "C" fn on_role_changed(
+    ctx: *mut redis_module::raw::RedisModuleCtx,
+    _event: redis_module::raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut std::ffi::c_void,
+) {
+    ffi::guard((), || {
+        if subevent != redis_module::raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
+            return;
+        }
+        let now = clock::now();
+        PROMOTED_AT.store(now, Ordering::Relaxed);
+        if let Some(left) = promotion_left_ms(now) {
+            Context::new(ctx).log_notice(&format!(
+                "lock: promoted to primary: new grants are refused for {left} ms \
+                 (lock.promotion-delay-ms)"
+            ));
+        }
+    });
 }
 
 fn max_ttl_ms() -> i64 {
@@ -364,4 +406,6 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
     ctx.add_info_field_long_long("waiters", int(waiters::total() as u64));
     let rejoin_left = rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load()).unwrap_or(0);
     ctx.add_info_field_long_long("rejoin_delay_left_ms", int(rejoin_left));
+    let promotion_left = promotion_left_ms(clock::now()).unwrap_or(0);
+    ctx.add_info_field_long_long("promotion_delay_left_ms", int(promotion_left));
 }

@@ -152,6 +152,13 @@ mod module {
                         raw::REDISMODULE_EVENT_FLUSHDB,
                         sweeper::on_flush,
                     )
+                })
+                .and_then(|()| {
+                    ffi::subscribe_server_event(
+                        raw_ctx,
+                        raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+                        commands::on_role_changed,
+                    )
                 });
         if let Err(e) = subscribed.and_then(|()| resetstat::install(raw_ctx)) {
             ctx.log_warning(&format!("lock: {e}"));
@@ -180,6 +187,7 @@ mod module {
                 ["max-hold-ms", &commands::MAX_HOLD_MS, 0, 0, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
                 ["rejoin-delay-ms", &commands::REJOIN_DELAY_MS, crate::rejoin::AUTO, crate::rejoin::AUTO, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
                 ["max-waiters", &commands::MAX_WAITERS, 10_000, 0, 1_000_000_000, ConfigurationFlags::DEFAULT, None],
+                ["promotion-delay-ms", &commands::PROMOTION_DELAY_MS, 0, crate::rejoin::AUTO, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
             ],
             string: [],
             bool: [],

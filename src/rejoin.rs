@@ -14,6 +14,11 @@
 //!   AOF (`appendonly no`) when the module was loaded, 0 with the AOF on;
 //! - 0: off;
 //! - N > 0: N milliseconds.
+//!
+//! `lock.promotion-delay-ms` does the same after a replica is promoted to
+//! primary (`REPLICAOF NO ONE`, a failover): with asynchronous replication
+//! it may lack the last grants of its old primary. 0 (the default) is off,
+//! [`AUTO`] is `lock.max-ttl-ms`, N > 0 is N milliseconds.
 
 use crate::lock::Micros;
 
@@ -36,6 +41,32 @@ pub fn delay_ms(setting: i64, durable: bool, max_ttl_ms: i64) -> u64 {
 pub fn remaining_ms(delay_ms: u64, since_load: Micros) -> Option<u64> {
     let left = delay_ms.saturating_mul(1000).saturating_sub(since_load);
     (left > 0).then(|| left.div_ceil(1000))
+}
+
+/// `lock.promotion-delay-ms` in milliseconds: [`AUTO`] is `lock.max-ttl-ms`,
+/// 0 (the default) is off.
+pub fn promotion_delay_ms(setting: i64, max_ttl_ms: i64) -> u64 {
+    let ms = if setting == AUTO { max_ttl_ms } else { setting };
+    ms.max(0).unsigned_abs()
+}
+
+/// Milliseconds of the promotion delay still to run at `now`, for a node
+/// promoted at `promoted_at` (`None`: never promoted since it loaded).
+pub fn promotion_remaining_ms(
+    delay_ms: u64,
+    promoted_at: Option<Micros>,
+    now: Micros,
+) -> Option<u64> {
+    remaining_ms(delay_ms, now.saturating_sub(promoted_at?))
+}
+
+/// The error a refused grant replies while the promotion delay runs.
+pub fn promotion_refusal(remaining_ms: u64) -> String {
+    format!(
+        "TRYAGAIN lock node was promoted to primary: new grants are refused for another \
+         {remaining_ms} ms (lock.promotion-delay-ms), until every lease its old primary may \
+         have granted without replicating has ended"
+    )
 }
 
 /// The error a refused grant replies while the delay runs.
@@ -70,6 +101,32 @@ mod tests {
         assert_eq!(remaining_ms(500, 500_000), None);
         assert_eq!(remaining_ms(500, u64::MAX), None);
         assert_eq!(remaining_ms(u64::MAX, 0), Some(u64::MAX / 1000 + 1));
+    }
+
+    #[test]
+    fn the_promotion_delay_runs_from_the_promotion() {
+        assert_eq!(promotion_delay_ms(0, 30_000), 0);
+        assert_eq!(promotion_delay_ms(AUTO, 30_000), 30_000);
+        assert_eq!(promotion_delay_ms(700, 30_000), 700);
+        assert_eq!(promotion_remaining_ms(700, None, 5_000_000), None);
+        assert_eq!(
+            promotion_remaining_ms(700, Some(5_000_000), 5_000_000),
+            Some(700)
+        );
+        assert_eq!(
+            promotion_remaining_ms(700, Some(5_000_000), 5_699_999),
+            Some(1)
+        );
+        assert_eq!(
+            promotion_remaining_ms(700, Some(5_000_000), 5_700_000),
+            None
+        );
+        assert_eq!(promotion_remaining_ms(0, Some(5_000_000), 5_000_000), None);
+        // A clock reading before the promotion (never happens) is "just promoted".
+        assert_eq!(promotion_remaining_ms(700, Some(5_000_000), 1), Some(700));
+        let e = promotion_refusal(42);
+        assert!(e.starts_with("TRYAGAIN ") && e.contains("42 ms"), "{e}");
+        assert!(e.contains("lock.promotion-delay-ms"), "{e}");
     }
 
     #[test]

@@ -175,3 +175,53 @@ fn the_default_is_max_ttl_without_aof_and_off_with_it() {
         );
     }
 }
+
+#[test]
+fn a_promoted_replica_refuses_new_grants_for_the_promotion_delay() {
+    for flavor in testkit::flavors() {
+        let primary = Server::start(flavor);
+        let replica = Server::builder(flavor)
+            .replica_of(&primary)
+            .module_arg("promotion-delay-ms", "1500")
+            .start();
+        replica.wait_replica_synced(Duration::from_secs(10));
+        let fence = acquire(&mut primary.conn(), "held", "owner", 60_000).unwrap();
+        let mut c = replica.conn();
+        testkit::eventually(Duration::from_secs(5), "the lock replicated", || {
+            info(&mut c, "held")
+        });
+        assert_eq!(
+            info_field(&mut c, "lock", "lock_promotion_delay_left_ms"),
+            0,
+            "{flavor}: not promoted yet"
+        );
+        let promoted = Instant::now();
+        let _: () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query(&mut c)
+            .unwrap();
+        // No new grant, on a free key or a held one.
+        for (key, token) in [("free", "other"), ("held", "other")] {
+            let err = try_acquire(&mut c, key, token, 1000).unwrap_err();
+            assert!(err.starts_with("TRYAGAIN"), "{flavor}: {key}: {err}");
+            assert!(err.contains("lock.promotion-delay-ms"), "{flavor}: {err}");
+        }
+        assert!(info_field(&mut c, "lock", "lock_promotion_delay_left_ms") > 0);
+        // The holder of a replicated lock refreshes (same fence) and extends.
+        assert_eq!(
+            try_acquire(&mut c, "held", "owner", 60_000),
+            Ok(Some(fence)),
+            "{flavor}"
+        );
+        assert_eq!(extend(&mut c, "held", "owner", 60_000), 1, "{flavor}");
+        let granted = testkit::eventually(Duration::from_secs(5), "grants resume", || {
+            try_acquire(&mut c, "free", "other", 1000).ok().flatten()
+        });
+        assert!(
+            promoted.elapsed() >= Duration::from_millis(1500),
+            "{flavor}"
+        );
+        assert!(granted > fence, "{flavor}: fences go on increasing");
+    }
+}

@@ -7,8 +7,9 @@
 //!   on (`rejoin-delay-ms -1`, i.e. `max-ttl-ms` without AOF): refused.
 //! - `failover`: a single primary with a replica, promoted by
 //!   `REPLICAOF NO ONE` after the primary is killed. A replica that had not
-//!   caught up (its link held by a proxy) grants the lock again (overlap);
-//!   one that had caught up refuses it.
+//!   caught up (its link held by a proxy) grants the lock again (overlap),
+//!   unless `lock.promotion-delay-ms` covers the lease; one that had caught
+//!   up refuses it.
 //! - `stale`: a holder paused past its TTL writes after the next holder.
 //!   Without a fence the resource accepts it (stale write); with the fence
 //!   (`FencedStore`) it is rejected.
@@ -264,7 +265,9 @@ async fn delayed_rejoin_keeps_a_restarted_node_from_granting_twice() {
 /// on the primary; the replica either got it (caught up) or its link was
 /// held (not caught up); the primary is killed, the replica promoted, and B
 /// asks the new primary.
-async fn failover_scenario(caught_up: bool) -> Report {
+/// With `promotion_delay`, the replica runs with `lock.promotion-delay-ms`
+/// longer than A's lease.
+async fn failover_scenario(caught_up: bool, promotion_delay: bool) -> Report {
     let f = testkit::first_flavor();
     let rec = Recorder::new();
     let n = rounds(1, Duration::from_millis(600));
@@ -272,9 +275,12 @@ async fn failover_scenario(caught_up: bool) -> Report {
         let key = format!("faults:failover:{round}");
         let mut primary = Server::start(f);
         let link = Proxy::start(("127.0.0.1", primary.port()));
-        let replica = Server::builder(f)
-            .arg("replicaof", &format!("127.0.0.1 {}", link.port()))
-            .start();
+        let mut replica =
+            Server::builder(f).arg("replicaof", &format!("127.0.0.1 {}", link.port()));
+        if promotion_delay {
+            replica = replica.module_arg("promotion-delay-ms", "3500");
+        }
+        let replica = replica.start();
         replica.wait_replica_synced(Duration::from_secs(10));
         if !caught_up {
             rec.fault(0, "replication link held");
@@ -307,8 +313,13 @@ async fn failover_scenario(caught_up: bool) -> Report {
     }
     table(
         &format!(
-            "failover, replica {}",
-            if caught_up { "caught up" } else { "behind" }
+            "failover, replica {}{}",
+            if caught_up { "caught up" } else { "behind" },
+            if promotion_delay {
+                ", promotion delay on"
+            } else {
+                ""
+            }
         ),
         &rec.history(),
     )
@@ -316,7 +327,7 @@ async fn failover_scenario(caught_up: bool) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_failover_to_a_replica_that_had_not_caught_up_grants_twice() {
-    let report = failover_scenario(false).await;
+    let report = failover_scenario(false, false).await;
     let (malformed, _, _, overlap) = report.counts();
     assert_eq!(malformed, 0, "{report}");
     assert!(overlap >= 1, "{report}");
@@ -324,7 +335,13 @@ async fn negative_control_failover_to_a_replica_that_had_not_caught_up_grants_tw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_replica_that_had_caught_up_keeps_the_lock() {
-    let report = failover_scenario(true).await;
+    let report = failover_scenario(true, false).await;
+    assert!(report.is_ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promotion_delay_keeps_a_replica_that_had_not_caught_up_from_granting_twice() {
+    let report = failover_scenario(false, true).await;
     assert!(report.is_ok(), "{report}");
 }
 
