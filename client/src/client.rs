@@ -273,6 +273,20 @@ impl Client {
     }
 
     async fn acquire_round(&self, resource: &str, token: &Token, ttl: Ttl) -> Result<Lease, Error> {
+        self.acquire_round_noting(resource, token, ttl, &mut Vec::new())
+            .await
+    }
+
+    /// [`Client::acquire_round`], noting in `granting[i]` whether node `i`
+    /// granted in this round. (A lost round has released those grants
+    /// again: the lock was free there.)
+    async fn acquire_round_noting(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Ttl,
+        granting: &mut Vec<bool>,
+    ) -> Result<Lease, Error> {
         let inner = &self.inner;
         let n = inner.nodes.len();
         let mut cancel_guard = ReleaseOnDrop {
@@ -308,7 +322,8 @@ impl Client {
                     }
                 })
                 .collect();
-            while let Some((i, answer)) = pending.next().await {
+            // Records one node's answer; the decision so far.
+            let mut note = |i: usize, answer: Result<Option<u64>, NodeError>| {
                 match answer {
                     Ok(Some(fence)) => {
                         tally.record(Vote::Granted(fence));
@@ -326,27 +341,47 @@ impl Client {
                         errors.push(e);
                     }
                 }
-                if tally.decision().is_some() {
+                tally.decision()
+            };
+            let mut decided = None;
+            while let Some((i, answer)) = pending.next().await {
+                decided = note(i, answer);
+                if decided.is_some() {
                     break;
                 }
             }
-            if tally.decision() == Some(Decision::Won) && !pending.is_empty() {
-                // Won: let the slower nodes' requests go out and finish, so
-                // the lock is held on every node that can take it, not on a
-                // bare quorum (a bare quorum is lost with one more node).
-                // Their grants are ours: the lease's release and extension
-                // go to every node.
-                inner
-                    .background
-                    .spawn(None, async move { while pending.next().await.is_some() {} });
+            if decided == Some(Decision::Won) {
+                if !pending.is_empty() {
+                    // Won: let the slower nodes' requests go out and finish,
+                    // so the lock is held on every node that can take it,
+                    // not on a bare quorum (a bare quorum is lost with one
+                    // more node). Their grants are ours: the lease's release
+                    // and extension go to every node.
+                    inner
+                        .background
+                        .spawn(None, async move { while pending.next().await.is_some() {} });
+                }
+            } else {
+                // Lost: the release below goes to every node that may hold
+                // our token, and waits for each (a release queues behind the
+                // grant on the same connection), so hearing the slower
+                // nodes out first costs nothing, and tells which nodes
+                // another client holds and which were free (a waiter queues
+                // only where it is held).
+                while let Some((i, answer)) = pending.next().await {
+                    let _ = note(i, answer);
+                }
             }
-            // Otherwise dropping `pending` abandons the slower nodes: a
-            // request not yet sent is never sent, one already sent is
-            // answered into the void, and the release below is queued
-            // behind it on the same connection.
         }
         let now = Instant::now();
         granted.sort_unstable();
+        granting.clear();
+        granting.resize(n, false);
+        for (i, _) in &granted {
+            if let Some(g) = granting.get_mut(*i) {
+                *g = true;
+            }
+        }
 
         if tally.decision() == Some(Decision::Won) {
             let drift = inner.config.drift(ttl.duration);

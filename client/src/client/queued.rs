@@ -2,10 +2,16 @@
 //! instead of polling: each node hands the lock to the first client in its
 //! queue the moment it is released or expires.
 //!
-//! A queue round sends `WAIT` to every node, each on a connection of its own.
-//! When a quorum has granted, a plain round with the same token (a refresh
-//! on the nodes that granted) anchors the lease's validity to a start time
-//! the client knows.
+//! Each attempt starts with a plain round, on the long-lived connections: it
+//! takes a free lock at once, and otherwise tells which nodes another client
+//! holds (a lost round hears every node out and releases what it got). A
+//! queue round then sends `WAIT` to those nodes only, each on a connection
+//! of its own, counting the nodes that were free as granted: a waiter holds
+//! no node while it waits, so it neither refuses others there nor keeps a
+//! holder that got only some nodes from getting more. When a quorum has
+//! granted, a plain round with the same token (a refresh on the nodes that
+//! granted, a grant on the free ones) anchors the lease's validity to a
+//! start time the client knows.
 //!
 //! Across nodes the queues can hand the lock to different clients (a split:
 //! with three waiters and five nodes, 2/2/1, nobody has a quorum and nobody
@@ -16,9 +22,8 @@
 //! queues again after a short random pause, so nobody keeps a partial grant.
 //! The window starts at one request timeout (at least 10 ms) and doubles
 //! with each consecutive split, up to a quarter of the TTL (at most 2 s): a
-//! split among waiters resolves in milliseconds, while a client waiting
-//! behind a holder that left some nodes free (it holds a bare quorum) does
-//! not churn through rounds.
+//! split among waiters resolves in milliseconds, while a long wait does not
+//! churn through rounds.
 //!
 //! Every request of one `acquire` carries the same `TICKET`: the client's
 //! wall-clock time when it started waiting, in microseconds. Nodes serve
@@ -88,8 +93,32 @@ impl Client {
                     .last_round(resource, token, ttl, started, attempts)
                     .await;
             }
+            // A plain round first: it takes a free lock at once, on the
+            // long-lived connections, and tells where another client holds
+            // it. A lost round has released what it was granted.
+            let mut free = Vec::new();
+            match self
+                .acquire_round_noting(resource, token, ttl, &mut free)
+                .await
+            {
+                Ok(lease) => {
+                    guard.armed = false;
+                    return Ok(lease);
+                }
+                Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
+                    tracing::debug!(resource, error = %e, "held elsewhere, queueing");
+                }
+                Err(e) => {
+                    guard.armed = false;
+                    return Err(e);
+                }
+            }
+            let left = wait.saturating_sub(started.elapsed());
+            if left < MIN_WAIT {
+                continue;
+            }
             let outcome = self
-                .queue_round(resource, token, ttl, left, ticket, split_window)
+                .queue_round(resource, token, ttl, left, ticket, split_window, &free)
                 .await;
             if let Queued::Quorum = outcome {
                 match self.acquire_round(resource, token, ttl).await {
@@ -176,8 +205,12 @@ impl Client {
             })
     }
 
-    /// One queue round: `WAIT` on every node, decided as soon as a quorum
-    /// granted, a quorum became impossible, or the split window closed.
+    /// One queue round: `WAIT` on every node but those found free (`free`)
+    /// by the plain round before it, which count as granted here and are
+    /// taken by the confirming round; decided as soon as a quorum granted,
+    /// a quorum became impossible, or the split window closed. A waiter so
+    /// holds no node while it waits.
+    #[allow(clippy::too_many_arguments)]
     async fn queue_round(
         &self,
         resource: &str,
@@ -186,13 +219,22 @@ impl Client {
         wait: Duration,
         ticket: u64,
         split_window: Duration,
+        free: &[bool],
     ) -> Queued {
         let inner = &self.inner;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut tally = Tally::new(inner.nodes.len(), inner.config.quorum);
+        let is_free = |i: usize| free.get(i).copied().unwrap_or(false);
+        for _ in (0..inner.nodes.len()).filter(|&i| is_free(i)) {
+            tally.record(Vote::Granted(0));
+        }
+        if tally.decision() == Some(Decision::Won) {
+            return Queued::Quorum;
+        }
         let mut pending: FuturesUnordered<_> = inner
             .nodes
             .iter()
+            .filter(|node| !is_free(node.index))
             .map(|node| node.acquire_waiting(resource, token.as_str(), ttl.millis, wait_ms, ticket))
             .collect();
         let mut split_at: Option<tokio::time::Instant> = None;
