@@ -54,6 +54,26 @@ enum Queued {
 /// Less than this left of the wait budget: one plain round decides.
 const MIN_WAIT: Duration = Duration::from_millis(2);
 
+/// A plain round's outcome inside the waiting loop: `Some` ends the wait
+/// (a lease, or an error that waiting cannot cure), `None` waits on (the
+/// lock is held elsewhere, or nodes did not answer: `why` is logged).
+fn ends_the_wait(
+    round: Result<Lease, Error>,
+    guard: &mut ReleaseOnDrop,
+    why: &str,
+) -> Option<Result<Lease, Error>> {
+    match round {
+        Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
+            tracing::debug!(resource = %guard.resource, error = %e, "{why}");
+            None
+        }
+        done => {
+            guard.armed = false;
+            Some(done)
+        }
+    }
+}
+
 impl Client {
     pub(super) async fn acquire_queued(
         &self,
@@ -97,21 +117,11 @@ impl Client {
             // long-lived connections, and tells where another client holds
             // it. A lost round has released what it was granted.
             let mut free = Vec::new();
-            match self
+            let round = self
                 .acquire_round_noting(resource, token, ttl, &mut free)
-                .await
-            {
-                Ok(lease) => {
-                    guard.armed = false;
-                    return Ok(lease);
-                }
-                Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
-                    tracing::debug!(resource, error = %e, "held elsewhere, queueing");
-                }
-                Err(e) => {
-                    guard.armed = false;
-                    return Err(e);
-                }
+                .await;
+            if let Some(done) = ends_the_wait(round, &mut guard, "held elsewhere, queueing") {
+                return done;
             }
             let left = wait.saturating_sub(started.elapsed());
             if left < MIN_WAIT {
@@ -121,18 +131,9 @@ impl Client {
                 .queue_round(resource, token, ttl, left, ticket, split_window, &free)
                 .await;
             if let Queued::Quorum = outcome {
-                match self.acquire_round(resource, token, ttl).await {
-                    Ok(lease) => {
-                        guard.armed = false;
-                        return Ok(lease);
-                    }
-                    Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
-                        tracing::debug!(resource, error = %e, "queued grant not confirmed");
-                    }
-                    Err(e) => {
-                        guard.armed = false;
-                        return Err(e);
-                    }
+                let round = self.acquire_round(resource, token, ttl).await;
+                if let Some(done) = ends_the_wait(round, &mut guard, "queued grant not confirmed") {
+                    return done;
                 }
             } else {
                 tracing::debug!(
