@@ -197,6 +197,9 @@ async fn a_raise_that_a_quorum_does_not_confirm_fails_the_round_and_releases() {
     let lease = unfenced.try_acquire(key, 5000 * MS).await.unwrap();
     assert_eq!(lease.nodes(), &[0, 1]);
     unfenced.release(&lease).await.unwrap();
+    // The release returned once two nodes answered, one of them node 2 (not
+    // ours): let it reach the other node too.
+    assert!(unfenced.settle(Duration::from_secs(5)).await);
     // Without the bound the raise goes through.
     max_hold(0);
     let lease = c.try_acquire(key, 5000 * MS).await.unwrap();
