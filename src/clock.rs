@@ -25,11 +25,6 @@ pub fn now() -> Micros {
     OFFSET.saturating_add(elapsed)
 }
 
-/// Microseconds since the module was loaded.
-pub fn since_load() -> Micros {
-    since_load_at(now())
-}
-
 /// Microseconds from the module's load to `now` (a value of [`now`]).
 pub fn since_load_at(now: Micros) -> Micros {
     now.saturating_sub(OFFSET)

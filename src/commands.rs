@@ -404,8 +404,10 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
     ctx.add_info_field_long_long("fence_counter", int(fence));
     ctx.add_info_field_long_long("expiry_index_entries", int(indexed as u64));
     ctx.add_info_field_long_long("waiters", int(waiters::total() as u64));
-    let rejoin_left = rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load()).unwrap_or(0);
+    let now = clock::now();
+    let rejoin_left =
+        rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(now)).unwrap_or(0);
     ctx.add_info_field_long_long("rejoin_delay_left_ms", int(rejoin_left));
-    let promotion_left = promotion_left_ms(clock::now()).unwrap_or(0);
+    let promotion_left = promotion_left_ms(now).unwrap_or(0);
     ctx.add_info_field_long_long("promotion_delay_left_ms", int(promotion_left));
 }

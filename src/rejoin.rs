@@ -46,8 +46,8 @@ pub fn remaining_ms(delay_ms: u64, since_load: Micros) -> Option<u64> {
 /// `lock.promotion-delay-ms` in milliseconds: [`AUTO`] is `lock.max-ttl-ms`,
 /// 0 (the default) is off.
 pub fn promotion_delay_ms(setting: i64, max_ttl_ms: i64) -> u64 {
-    let ms = if setting == AUTO { max_ttl_ms } else { setting };
-    ms.max(0).unsigned_abs()
+    // The rejoin delay's rules, as for a node without an AOF.
+    delay_ms(setting, false, max_ttl_ms)
 }
 
 /// Milliseconds of the promotion delay still to run at `now`, for a node

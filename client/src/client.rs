@@ -273,19 +273,18 @@ impl Client {
     }
 
     async fn acquire_round(&self, resource: &str, token: &Token, ttl: Ttl) -> Result<Lease, Error> {
-        self.acquire_round_noting(resource, token, ttl, &mut Vec::new())
-            .await
+        self.acquire_round_noting(resource, token, ttl, None).await
     }
 
-    /// [`Client::acquire_round`], noting in `granting[i]` whether node `i`
-    /// granted in this round. (A lost round has released those grants
-    /// again: the lock was free there.)
+    /// [`Client::acquire_round`], noting in `granting[i]`, if asked, whether
+    /// node `i` granted in this round. (A lost round has released those
+    /// grants again: the lock was free there.)
     async fn acquire_round_noting(
         &self,
         resource: &str,
         token: &Token,
         ttl: Ttl,
-        granting: &mut Vec<bool>,
+        granting: Option<&mut Vec<bool>>,
     ) -> Result<Lease, Error> {
         let inner = &self.inner;
         let n = inner.nodes.len();
@@ -375,11 +374,13 @@ impl Client {
         }
         let now = Instant::now();
         granted.sort_unstable();
-        granting.clear();
-        granting.resize(n, false);
-        for (i, _) in &granted {
-            if let Some(g) = granting.get_mut(*i) {
-                *g = true;
+        if let Some(granting) = granting {
+            granting.clear();
+            granting.resize(n, false);
+            for (i, _) in &granted {
+                if let Some(g) = granting.get_mut(*i) {
+                    *g = true;
+                }
             }
         }
 

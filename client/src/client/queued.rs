@@ -39,6 +39,7 @@ use crate::lease::{Lease, Token};
 use crate::quorum::{Decision, Tally, Vote};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// How a queue round ended.
@@ -54,23 +55,35 @@ enum Queued {
 /// Less than this left of the wait budget: one plain round decides.
 const MIN_WAIT: Duration = Duration::from_millis(2);
 
-/// A plain round's outcome inside the waiting loop: `Some` ends the wait
-/// (a lease, or an error that waiting cannot cure), `None` waits on (the
-/// lock is held elsewhere, or nodes did not answer: `why` is logged).
+/// A plain round's outcome inside the waiting loop: `Break` ends the wait
+/// (a lease, or an error that waiting cannot cure), `Continue` waits on
+/// with the round's error (the lock is held elsewhere, or nodes did not
+/// answer: `why` is logged).
 fn ends_the_wait(
     round: Result<Lease, Error>,
     guard: &mut ReleaseOnDrop,
     why: &str,
-) -> Option<Result<Lease, Error>> {
+) -> ControlFlow<Result<Lease, Error>, Error> {
     match round {
         Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
             tracing::debug!(resource = %guard.resource, error = %e, "{why}");
-            None
+            ControlFlow::Continue(e)
         }
         done => {
             guard.armed = false;
-            Some(done)
+            ControlFlow::Break(done)
         }
+    }
+}
+
+/// How a wait that ran out is reported: a timeout carrying the last round's
+/// own error.
+fn timed_out(resource: &str, started: Instant, attempts: u32, last: Error) -> Error {
+    Error::Timeout {
+        resource: resource.to_owned(),
+        waited: started.elapsed(),
+        attempts,
+        last: Box::new(last),
     }
 }
 
@@ -118,21 +131,26 @@ impl Client {
             // it. A lost round has released what it was granted.
             let mut free = Vec::new();
             let round = self
-                .acquire_round_noting(resource, token, ttl, &mut free)
+                .acquire_round_noting(resource, token, ttl, Some(&mut free))
                 .await;
-            if let Some(done) = ends_the_wait(round, &mut guard, "held elsewhere, queueing") {
-                return done;
-            }
+            let last = match ends_the_wait(round, &mut guard, "held elsewhere, queueing") {
+                ControlFlow::Break(done) => return done,
+                ControlFlow::Continue(e) => e,
+            };
             let left = wait.saturating_sub(started.elapsed());
             if left < MIN_WAIT {
-                continue;
+                // That round was the last one the budget allows.
+                guard.armed = false;
+                return Err(timed_out(resource, started, attempts, last));
             }
             let outcome = self
                 .queue_round(resource, token, ttl, left, ticket, split_window, &free)
                 .await;
             if let Queued::Quorum = outcome {
                 let round = self.acquire_round(resource, token, ttl).await;
-                if let Some(done) = ends_the_wait(round, &mut guard, "queued grant not confirmed") {
+                if let ControlFlow::Break(done) =
+                    ends_the_wait(round, &mut guard, "queued grant not confirmed")
+                {
                     return done;
                 }
             } else {
@@ -198,12 +216,7 @@ impl Client {
     ) -> Result<Lease, Error> {
         self.acquire_round(resource, token, ttl)
             .await
-            .map_err(|e| Error::Timeout {
-                resource: resource.to_owned(),
-                waited: started.elapsed(),
-                attempts,
-                last: Box::new(e),
-            })
+            .map_err(|e| timed_out(resource, started, attempts, e))
     }
 
     /// One queue round: `WAIT` on every node but those found free (`free`)
