@@ -123,6 +123,12 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
         }
         options = rest;
     }
+    if ticket.is_some() && wait_ms.is_none() {
+        // A ticket orders a queue; without WAIT there is none to join.
+        return Err(ArgError(
+            "TICKET needs WAIT: it orders the wait queue".to_owned(),
+        ));
+    }
     let setting = u64::try_from(limits.max_hold_ms).ok().filter(|m| *m > 0);
     let max_hold_ms = match (max_hold_option, setting) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -262,6 +268,15 @@ mod tests {
                 ticket: None,
             })
         );
+    }
+
+    #[test]
+    fn ticket_without_wait_is_refused() {
+        let args = argv(&["LOCK.ACQUIRE", "k", "t", "100", "TICKET", "5"]);
+        let err = acquire(&args, LIMITS).unwrap_err();
+        assert!(err.0.contains("TICKET needs WAIT"), "{}", err.0);
+        let args = argv(&["LOCK.ACQUIRE", "k", "t", "100", "TICKET", "5", "WAIT", "10"]);
+        assert_eq!(acquire(&args, LIMITS).unwrap().ticket, Some(5));
     }
 
     #[test]

@@ -5,12 +5,12 @@ use crate::args::{self, ArgError};
 use crate::codec;
 use crate::datatype::LOCK_TYPE;
 use crate::ffi::{self, Request};
-use crate::lock::{self, AcquireRequest, Acquired, Change, Lock, Micros};
+use crate::lock::{self, AcquireRequest, Acquired, Change, Extended, Lock, Micros};
 use crate::stats::{self, bump};
 use crate::{clock, node, rejoin, sweeper, waiters};
 use redis_module::key::RedisKeyWritable;
 use redis_module::redisvalue::RedisValueKey;
-use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
@@ -125,6 +125,18 @@ fn limits() -> args::Limits {
     }
 }
 
+/// A replica grants, extends and releases nothing, whatever
+/// `replica-read-only` says: a lock written there would be lost at the next
+/// sync, and only the primary sweeps locks and serves waiters.
+fn refuse_on_replica(ctx: &Context) -> Result<(), RedisError> {
+    if ctx.get_flags().contains(ContextFlags::SLAVE) {
+        return Err(RedisError::Str(
+            "READONLY lock commands are refused on a replica: send them to the primary",
+        ));
+    }
+    Ok(())
+}
+
 fn arg_error(e: ArgError) -> RedisError {
     RedisError::String(format!("ERR {}", e.0))
 }
@@ -228,6 +240,7 @@ fn published(ctx: &Context, name: &RedisString, payload: &[u8], deadline: Micros
 /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms] [WAIT ms]`
 pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::acquire(req.args, limits()).map_err(arg_error)?;
+    refuse_on_replica(ctx)?;
     // One clock read per command: the request has arrived, so a deadline
     // counted from here is never earlier than the one its sender assumes.
     let now = clock::now();
@@ -302,25 +315,24 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
 /// `LOCK.EXTEND key token ttl-ms`
 pub fn extend(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::extend(req.args, max_ttl_ms()).map_err(arg_error)?;
+    refuse_on_replica(ctx)?;
     let slot = open(ctx, req)?;
     let now = clock::now();
-    let held = slot
-        .current()
-        .is_some_and(|l| l.is_held_by(parsed.token, now));
     let ttl = parsed.ttl_ms.saturating_mul(1000);
     let out = lock::extend(slot.current(), parsed.token, ttl, now);
     let extended = slot.apply(ctx, out, now, c"lock.extended")?;
-    bump(match (extended, held) {
-        (true, _) => &stats::EXTENSIONS,
-        (false, true) => &stats::HOLD_LIMIT_REFUSALS,
-        (false, false) => &stats::EXTENSIONS_REFUSED,
+    bump(match extended {
+        Extended::Extended => &stats::EXTENSIONS,
+        Extended::HoldLimit => &stats::HOLD_LIMIT_REFUSALS,
+        Extended::NotHeld => &stats::EXTENSIONS_REFUSED,
     });
-    Ok(RedisValue::Integer(i64::from(extended)))
+    Ok(RedisValue::Integer(extended.code()))
 }
 
 /// `LOCK.RELEASE key token`
 pub fn release(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::release(req.args).map_err(arg_error)?;
+    refuse_on_replica(ctx)?;
     let slot = open(ctx, req)?;
     let now = clock::now();
     let held_by_other = slot
@@ -379,6 +391,11 @@ pub fn info(ctx: &Context, req: &Request) -> RedisResult {
 /// module's effects reach replicas and the AOF; it is not for applications.
 pub fn load(ctx: &Context, req: &Request) -> RedisResult {
     let payload = args::load(req.args).map_err(arg_error)?;
+    let flags = ctx.get_flags();
+    if !flags.intersects(ContextFlags::REPLICATED | ContextFlags::LOADING) {
+        // From a user, not from the primary's stream or the AOF.
+        refuse_on_replica(ctx)?;
+    }
     let now = clock::now();
     let lock = codec::decode(payload, now)
         .map_err(|e| RedisError::String(format!("ERR invalid LOCK.LOAD payload: {e}")))?;

@@ -424,3 +424,46 @@ pub unsafe fn event_name<'a>(s: *const c_char) -> std::borrow::Cow<'a, str> {
     // SAFETY: per the caller's contract.
     unsafe { CStr::from_ptr(s) }.to_string_lossy()
 }
+
+/// Whether the server wants no writes from the module right now: clients
+/// are paused (`CLIENT PAUSE ... WRITE|ALL`, which `FAILOVER` and cluster
+/// failovers use). A write made outside a client command (a timer) while
+/// paused trips an assertion in Redis and Valkey once there is an AOF or a
+/// replica; Redis holds back its own expiry and eviction then, and so does
+/// the module.
+pub fn writes_paused() -> bool {
+    // SAFETY: takes no arguments and only reads server state.
+    unsafe { raw::RedisModule_AvoidReplicaTraffic.is_some_and(|f| f() != 0) }
+}
+
+/// The C signature of a timer callback that carries a plain integer.
+pub type TimerCallback = unsafe extern "C" fn(*mut raw::RedisModuleCtx, *mut std::ffi::c_void);
+
+/// Start a one-shot module timer whose data is the integer `data` (passed
+/// as the pointer value, so nothing is allocated and nothing needs freeing).
+pub fn start_timer(ctx: &Context, after_ms: u64, callback: TimerCallback, data: u64) -> u64 {
+    let period = i64::try_from(after_ms).unwrap_or(i64::MAX);
+    // SAFETY: a valid context; the callback has the signature Redis calls;
+    // the data is an integer, never dereferenced.
+    unsafe {
+        raw::RedisModule_CreateTimer.map_or(0, |f| {
+            f(
+                ctx.get_raw(),
+                period,
+                Some(callback),
+                data as usize as *mut std::ffi::c_void,
+            )
+        })
+    }
+}
+
+/// Stop a timer started by [`start_timer`]; harmless if it already fired.
+pub fn stop_timer(ctx: &Context, id: u64) {
+    // SAFETY: a valid context; the timer's data is an integer, so there is
+    // nothing to free.
+    unsafe {
+        if let Some(f) = raw::RedisModule_StopTimer {
+            f(ctx.get_raw(), id, ptr::null_mut());
+        }
+    }
+}

@@ -136,7 +136,12 @@ mod module {
                 return Status::Err;
             }
         }
-        let events = raw::REDISMODULE_NOTIFY_GENERIC | raw::REDISMODULE_NOTIFY_LOADED;
+        // Expired and evicted keys come in classes of their own: a lock key
+        // removed by a native TTL or by eviction must still serve its waiters.
+        let events = raw::REDISMODULE_NOTIFY_GENERIC
+            | raw::REDISMODULE_NOTIFY_LOADED
+            | raw::REDISMODULE_NOTIFY_EXPIRED
+            | raw::REDISMODULE_NOTIFY_EVICTED;
         let subscribed =
             ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
                 .and_then(|()| {

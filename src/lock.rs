@@ -185,27 +185,51 @@ pub fn acquire(
     }
 }
 
+/// Reply of `LOCK.EXTEND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extended {
+    /// The deadline moved (reply 1).
+    Extended,
+    /// The token does not hold the lock: free, ended, or another's (reply 0).
+    NotHeld,
+    /// The token holds the lock, but the new deadline would pass the grant's
+    /// hold limit: the lock keeps its current deadline (reply -1), so the
+    /// holder can tell "my grant runs out at its limit" from "I lost it".
+    HoldLimit,
+}
+
+impl Extended {
+    /// The integer `LOCK.EXTEND` replies.
+    pub fn code(self) -> i64 {
+        match self {
+            Extended::Extended => 1,
+            Extended::NotHeld => 0,
+            Extended::HoldLimit => -1,
+        }
+    }
+}
+
 /// `LOCK.EXTEND`: move the deadline of a lock the token holds. An expired
 /// lock is not revived; it is removed. An extension past the grant's hold
 /// limit is refused (the lock keeps its current deadline).
-pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) -> Outcome<bool> {
+pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) -> Outcome<Extended> {
     let deadline = now.saturating_add(ttl);
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
         Some(lock) if lock.is_held_by(token, now) => {
             if lock.hold_limit.is_some_and(|limit| deadline > limit) {
-                (false, Change::Keep)
+                (Extended::HoldLimit, Change::Keep)
             } else {
                 let lock = Lock {
                     deadline,
                     extensions: lock.extensions.saturating_add(1),
                     ..lock.clone()
                 };
-                (true, Change::Put(lock))
+                (Extended::Extended, Change::Put(lock))
             }
         }
-        Some(_) if ended => (false, Change::Remove),
-        _ => (false, Change::Keep),
+        Some(_) if ended => (Extended::NotHeld, Change::Remove),
+        _ => (Extended::NotHeld, Change::Keep),
     };
     Outcome {
         reply,

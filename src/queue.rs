@@ -83,24 +83,9 @@ impl<T> WaitQueues<T> {
             .collect()
     }
 
-    /// `SWAPDB a b`: the queues follow their keys.
-    pub fn swap_db(&mut self, a: i32, b: i32) {
-        let swap = |db: i32| {
-            if db == a {
-                b
-            } else if db == b {
-                a
-            } else {
-                db
-            }
-        };
-        self.queues = std::mem::take(&mut self.queues)
-            .into_iter()
-            .map(|((db, key), q)| ((swap(db), key), q))
-            .collect();
-        for ((db, _), _) in self.waiters.values_mut() {
-            *db = swap(*db);
-        }
+    /// The waiter `id`, wherever it is queued.
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut T> {
+        self.waiters.get_mut(&id).map(|(_, w)| w)
     }
 }
 
@@ -149,11 +134,11 @@ mod tests {
     }
 
     #[test]
-    fn swap_db_moves_queues() {
+    fn a_queued_waiter_can_be_updated_in_place_and_is_gone_once_served() {
         let mut q = WaitQueues::default();
-        let a = q.push((0, b"k".to_vec()), 0, ());
-        q.swap_db(0, 1);
-        assert_eq!(q.keys_in(1), vec![(1, b"k".to_vec())]);
-        assert_eq!(q.pop_front(&(1, b"k".to_vec())), Some((a, ())));
+        let a = q.push(key("x"), 0, 1);
+        *q.get_mut(a).unwrap() = 7;
+        assert_eq!(q.pop_front(&key("x")), Some((a, 7)));
+        assert_eq!(q.get_mut(a), None);
     }
 }

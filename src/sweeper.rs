@@ -1,6 +1,10 @@
 //! Removes the keys of locks that have ended, at their deadline, by a module
 //! timer on the monotonic clock. The primary deletes and replicates `DEL`;
 //! a replica only waits for that `DEL` (and re-checks in case it is promoted).
+//! While clients are paused (`CLIENT PAUSE ... WRITE`, a failover) nothing
+//! is deleted: the timer looks again every few milliseconds until the pause
+//! ends, as Redis holds back its own expiry. An ended lock is never live,
+//! so holding back its deletion never extends it.
 
 use crate::datatype::LOCK_TYPE;
 use crate::lock::{Lock, Micros};
@@ -15,6 +19,29 @@ const BATCH: usize = 1_000;
 /// ended but that it may not delete itself.
 const RECHECK: Micros = 1_000_000;
 
+/// How often the timer looks again while writes are paused.
+const PAUSED_RECHECK: Micros = 10_000;
+
+/// Whether the module may write now outside a client command (a timer).
+pub enum Gate {
+    Open,
+    /// Clients are paused or the server is loading: look again shortly.
+    Later,
+    /// A replica: only its primary deletes and grants.
+    Never,
+}
+
+pub fn write_gate(ctx: &Context) -> Gate {
+    let flags = ctx.get_flags();
+    if flags.contains(ContextFlags::SLAVE) {
+        Gate::Never
+    } else if flags.contains(ContextFlags::LOADING) || ffi::writes_paused() {
+        Gate::Later
+    } else {
+        Gate::Open
+    }
+}
+
 /// Record that `key` in `db` holds a lock ending at `deadline`, and make sure
 /// the timer fires by then.
 pub fn track(ctx: &Context, db: i32, key: &[u8], deadline: Micros) {
@@ -25,8 +52,14 @@ pub fn track(ctx: &Context, db: i32, key: &[u8], deadline: Micros) {
 /// Arm the timer for the earliest deadline on record, unless it already
 /// fires by then.
 pub fn arm(ctx: &Context) {
+    arm_not_before(ctx, 0);
+}
+
+/// Arm the timer for the earliest deadline on record but not before
+/// `not_before`, unless it already fires by then.
+fn arm_not_before(ctx: &Context, not_before: Micros) {
     let plan = node::with(|n| {
-        let next = n.index.next_deadline()?;
+        let next = n.index.next_deadline()?.max(not_before);
         match n.timer {
             Some((_, at)) if at <= next => None,
             old => Some((old.map(|(id, _)| id), next)),
@@ -45,6 +78,12 @@ pub fn arm(ctx: &Context) {
 fn on_timer(ctx: &Context, _: ()) {
     ffi::guard((), || {
         node::with(|n| n.timer = None);
+        if ffi::writes_paused() {
+            // A deletion now would be propagated while clients are paused,
+            // which aborts the server: wait for the pause to end.
+            arm_not_before(ctx, clock::now().saturating_add(PAUSED_RECHECK));
+            return;
+        }
         sweep(ctx);
         arm(ctx);
     });
@@ -53,8 +92,7 @@ fn on_timer(ctx: &Context, _: ()) {
 fn sweep(ctx: &Context) {
     let now = clock::now();
     let due = node::with(|n| n.index.pop_due(now, BATCH));
-    let flags = ctx.get_flags();
-    let may_delete = !flags.contains(ContextFlags::SLAVE) && !flags.contains(ContextFlags::LOADING);
+    let may_delete = matches!(write_gate(ctx), Gate::Open);
     for entry in due {
         if !ffi::select_db(ctx, entry.db) {
             continue;
@@ -92,8 +130,10 @@ pub fn remove(ctx: &Context, key: &redis_module::key::RedisKeyWritable, name: &R
     }
 }
 
-/// Keyspace events that bring a lock to a key without one of our commands:
-/// loading from RDB, RENAME, MOVE, COPY, RESTORE. Index the lock there.
+/// Keyspace events that bring a lock to a key without one of our commands
+/// (loading from RDB, RENAME, MOVE, COPY, RESTORE: index the lock there),
+/// or take one away (DEL, RENAME, MOVE, a native TTL, eviction: serve the
+/// key's waiters).
 pub unsafe extern "C" fn on_keyspace_event(
     ctx: *mut redis_module::raw::RedisModuleCtx,
     _type: std::ffi::c_int,
@@ -107,7 +147,7 @@ pub unsafe extern "C" fn on_keyspace_event(
         let context = Context::new(ctx);
         if matches!(
             event.as_ref(),
-            "del" | "rename_from" | "move_from" | "evicted"
+            "del" | "rename_from" | "move_from" | "expired" | "evicted"
         ) {
             // The key went away under its waiters: serve them.
             crate::waiters::kick(&context, ffi::selected_db(&context), key);
@@ -129,9 +169,11 @@ pub unsafe extern "C" fn on_keyspace_event(
     })
 }
 
-/// `SWAPDB`: keep the index pointing at the right databases.
+/// `SWAPDB`: keep the index pointing at the right databases. Waiters stay
+/// with the database they waited in, as Redis's own blocked clients do;
+/// both databases have new contents, so their queues are served again.
 pub unsafe extern "C" fn on_swapdb(
-    _ctx: *mut redis_module::raw::RedisModuleCtx,
+    ctx: *mut redis_module::raw::RedisModuleCtx,
     _event: redis_module::raw::RedisModuleEvent,
     _subevent: u64,
     data: *mut std::ffi::c_void,
@@ -140,7 +182,9 @@ pub unsafe extern "C" fn on_swapdb(
         // SAFETY: Redis passes the SWAPDB event's info struct as `data`.
         if let Some((a, b)) = unsafe { ffi::swapdb_info(data) } {
             node::with(|n| n.index.swap_db(a, b));
-            crate::waiters::swap_db(a, b);
+            let context = Context::new(ctx);
+            crate::waiters::kick_db(&context, a);
+            crate::waiters::kick_db(&context, b);
         }
     });
 }

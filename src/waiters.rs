@@ -2,7 +2,17 @@
 //! server) in a FIFO queue per key, and the lock is handed to the head of
 //! the queue the moment it is freed: in the same command when released, by
 //! the sweeper's timer at the deadline when it expires, and on the next
-//! event-loop turn when an operator deletes or moves the key.
+//! event-loop turn when an operator deletes, moves, swaps or expires the key.
+//!
+//! The module runs the `WAIT` timeout itself (a module timer per waiter),
+//! and registers no Redis timeout callback. On Redis 7.0 a client's Redis
+//! timeout can be processed after the module unblocked it in the same
+//! event-loop turn: the reply is then lost, and a lock handed over in that
+//! turn would be held by a client that never hears of it. With the timeout
+//! in the module, every waiter leaves the queue exactly once, by one of a
+//! grant, its timer or its disconnection, and every way out releases the
+//! blocked-client handle. (So `CLIENT UNBLOCK` does not end a lock wait: it
+//! replies 0, as for any module command without a timeout callback.)
 
 use crate::lock::{self, AcquireRequest, Acquired, Change, Micros, Token};
 use crate::queue::{KeyId, WaitQueues};
@@ -23,6 +33,8 @@ pub struct Waiter {
     ttl: Micros,
     fence_floor: u64,
     max_hold: Option<Micros>,
+    /// The module timer that ends the wait (none for `WAIT 0`).
+    timer: Option<u64>,
 }
 
 /// A blocked-client handle. Only touched on Redis's main thread.
@@ -30,6 +42,24 @@ struct BlockedClient(*mut raw::RedisModuleBlockedClient);
 // SAFETY: the handle is created, used and released on the main thread only;
 // the mutex below exists to make the static sound, not for other threads.
 unsafe impl Send for BlockedClient {}
+
+impl BlockedClient {
+    /// Wake the client with a fencing token (granted) or nil, and release
+    /// the handle. Consumes the handle: it is never used again.
+    fn unblock(self, fence: Option<u64>) {
+        let privdata = fence.map_or(std::ptr::null_mut(), |fence| {
+            Box::into_raw(Box::new(fence)).cast()
+        });
+        // SAFETY: the handle is still blocked (it was in a queue, and leaves
+        // the queue exactly once); the reply callback reads the box and the
+        // free callback frees it.
+        unsafe {
+            if let Some(f) = raw::RedisModule_UnblockClient {
+                f(self.0, privdata);
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -102,17 +132,12 @@ pub fn block(
     ticket: Option<u64>,
 ) -> Result<(), RedisError> {
     let ticket = ticket.unwrap_or_else(arrival_ticket);
-    let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
-    // SAFETY: a command context; the callbacks have the signatures Redis calls.
+    // SAFETY: a command context; the callbacks have the signatures Redis
+    // calls. No Redis timeout and no timeout callback: the module's own
+    // timer ends the wait (see the module documentation above).
     let bc = unsafe {
         raw::RedisModule_BlockClient.map_or(std::ptr::null_mut(), |f| {
-            f(
-                ctx.get_raw(),
-                Some(reply_cb),
-                Some(timeout_cb),
-                Some(free_cb),
-                timeout,
-            )
+            f(ctx.get_raw(), Some(reply_cb), None, Some(free_cb), 0)
         })
     };
     if bc.is_null() {
@@ -124,12 +149,22 @@ pub fn block(
         ttl: req.ttl,
         fence_floor: req.fence_floor,
         max_hold: req.max_hold,
+        timer: None,
     };
-    with(|s| {
+    let id = with(|s| {
         let id = s.queues.push(key, ticket, waiter);
         s.ids.insert(bc as usize, id);
         update_total(s);
+        id
     });
+    if timeout_ms > 0 {
+        let timer = ffi::start_timer(ctx, timeout_ms, wait_timeout_cb, id);
+        with(|s| {
+            if let Some(w) = s.queues.get_mut(id) {
+                w.timer = Some(timer);
+            }
+        });
+    }
     // SAFETY: a handle just returned by BlockClient.
     unsafe {
         if let Some(f) = raw::RedisModule_SetDisconnectCallback {
@@ -153,6 +188,9 @@ pub fn hand_over(ctx: &Context, db: i32, name: &RedisString, key: &RedisKeyWrita
     }) else {
         return;
     };
+    if let Some(timer) = waiter.timer {
+        ffi::stop_timer(ctx, timer);
+    }
     let now = clock::now();
     let req = AcquireRequest {
         token: &waiter.token,
@@ -175,21 +213,11 @@ pub fn hand_over(ctx: &Context, db: i32, name: &RedisString, key: &RedisKeyWrita
         }
         _ => None,
     };
-    let privdata = reply.map_or(std::ptr::null_mut(), |fence| {
-        Box::into_raw(Box::new(fence)).cast()
-    });
-    // SAFETY: the handle is still blocked (it was in the queue, and leaves the
-    // queue on timeout or disconnect); the reply callback takes the box.
-    unsafe {
-        if let Some(f) = raw::RedisModule_UnblockClient {
-            f(waiter.bc.0, privdata);
-        }
-    }
+    waiter.bc.unblock(reply);
 }
 
 /// If the lock in `key` of `db` is free (or has ended) and clients wait for
-/// it, hand it over now. Returns whether the lock is held afterwards by a
-/// waiter it was just handed to.
+/// it, hand it over now.
 pub fn serve_if_free(ctx: &Context, db: i32, name: &RedisString) {
     if waiting(db, name.as_slice()) == 0 || !ffi::select_db(ctx, db) {
         return;
@@ -211,29 +239,43 @@ pub fn serve_if_free(ctx: &Context, db: i32, name: &RedisString) {
     }
 }
 
-/// A key with waiters was deleted, moved or flushed behind the module's back:
-/// serve its queue on the next event-loop turn (not inside the notification).
+/// How long a deferred hand-over waits before it looks again whether the
+/// server accepts writes (a pause ends, a loading finishes).
+const RETRY_MS: u64 = 10;
+
+/// A key with waiters was deleted, moved, expired or evicted behind the
+/// module's back: serve its queue on the next event-loop turn (not inside
+/// the notification, where a write would join the operator's command).
 pub fn kick(ctx: &Context, db: i32, key: &[u8]) {
     if waiting(db, key) > 0 {
         ctx.create_timer(Duration::ZERO, on_kick, (db, key.to_vec()));
     }
 }
 
-/// FLUSHDB/FLUSHALL: every queue of the flushed databases.
+/// FLUSHDB/FLUSHALL/SWAPDB: every queue of the changed databases.
 pub fn kick_db(ctx: &Context, db: i32) {
     for (db, key) in with(|s| s.queues.keys_in(db)) {
         ctx.create_timer(Duration::ZERO, on_kick, (db, key));
     }
 }
 
-pub fn swap_db(a: i32, b: i32) {
-    with(|s| s.queues.swap_db(a, b));
-}
-
 fn on_kick(ctx: &Context, (db, key): (i32, Vec<u8>)) {
     ffi::guard((), || {
-        let name = RedisString::create_from_slice(ctx.get_raw(), key.as_slice());
-        serve_if_free(ctx, db, &name);
+        if waiting(db, &key) == 0 {
+            return;
+        }
+        match crate::sweeper::write_gate(ctx) {
+            crate::sweeper::Gate::Open => {
+                let name = RedisString::create_from_slice(ctx.get_raw(), key.as_slice());
+                serve_if_free(ctx, db, &name);
+            }
+            // Paused or loading: look again shortly (the queue keeps its order).
+            crate::sweeper::Gate::Later => {
+                ctx.create_timer(Duration::from_millis(RETRY_MS), on_kick, (db, key));
+            }
+            // A replica grants nothing; its waiters left when it was demoted.
+            crate::sweeper::Gate::Never => {}
+        }
     });
 }
 
@@ -244,7 +286,7 @@ unsafe extern "C" fn reply_cb(
 ) -> c_int {
     ffi::guard(raw::REDISMODULE_OK as c_int, || {
         // SAFETY: a reply callback's context; the private data is the boxed
-        // fence from hand_over (or null), freed by free_cb.
+        // fence from `BlockedClient::unblock` (or null), freed by free_cb.
         unsafe {
             let fence = raw::RedisModule_GetBlockedClientPrivateData
                 .map_or(std::ptr::null_mut(), |f| f(ctx))
@@ -260,59 +302,57 @@ unsafe extern "C" fn reply_cb(
     })
 }
 
-/// The wait ran out: leave the queue, reply nil (no trace left behind).
-unsafe extern "C" fn timeout_cb(
-    ctx: *mut raw::RedisModuleCtx,
-    _argv: *mut *mut raw::RedisModuleString,
-    _argc: c_int,
-) -> c_int {
-    ffi::guard(raw::REDISMODULE_OK as c_int, || {
-        // SAFETY: a timeout callback's context.
-        let bc = unsafe {
-            raw::RedisModule_GetBlockedClientHandle.map_or(std::ptr::null_mut(), |f| f(ctx))
-        };
-        forget(bc);
-        bump(&stats::WAIT_TIMEOUTS);
-        raw::reply_with_null(ctx);
-        raw::REDISMODULE_OK as c_int
-    })
+/// The wait ran out: leave the queue and reply nil (no trace left behind).
+/// If a grant or a disconnection took the waiter out first, nothing to do.
+unsafe extern "C" fn wait_timeout_cb(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    ffi::guard((), || {
+        // The timer's data is the waiter's id (see `ffi::start_timer`).
+        let id = data as usize as u64;
+        let waiter = with(|s| {
+            let waiter = s.queues.remove(id);
+            if let Some(w) = &waiter {
+                s.ids.remove(&(w.bc.0 as usize));
+            }
+            update_total(s);
+            waiter
+        });
+        if let Some(waiter) = waiter {
+            bump(&stats::WAIT_TIMEOUTS);
+            waiter.bc.unblock(None);
+        }
+    });
 }
 
 unsafe extern "C" fn free_cb(_ctx: *mut raw::RedisModuleCtx, privdata: *mut c_void) {
     ffi::guard((), || {
         if !privdata.is_null() {
-            // SAFETY: created by Box::into_raw in hand_over.
+            // SAFETY: created by Box::into_raw in `BlockedClient::unblock`.
             drop(unsafe { Box::from_raw(privdata.cast::<u64>()) });
         }
     });
 }
 
-/// The waiting client went away: take it out of the queue and release the
-/// handle, so the next waiter is served instead.
+/// The waiting client went away (disconnected, killed, or force-unblocked
+/// when this node became a replica): take it out of its queue, stop its
+/// timer and release the handle, so the next waiter is served instead.
 unsafe extern "C" fn disconnect_cb(
-    _ctx: *mut raw::RedisModuleCtx,
+    ctx: *mut raw::RedisModuleCtx,
     bc: *mut raw::RedisModuleBlockedClient,
 ) {
     ffi::guard((), || {
-        if forget(bc) {
-            // SAFETY: the handle was still queued, so nobody unblocked it yet.
-            unsafe {
-                if let Some(f) = raw::RedisModule_UnblockClient {
-                    f(bc, std::ptr::null_mut());
-                }
+        let waiter = with(|s| {
+            let waiter = s
+                .ids
+                .remove(&(bc as usize))
+                .and_then(|id| s.queues.remove(id));
+            update_total(s);
+            waiter
+        });
+        if let Some(waiter) = waiter {
+            if let Some(timer) = waiter.timer {
+                ffi::stop_timer(&Context::new(ctx), timer);
             }
+            waiter.bc.unblock(None);
         }
     });
-}
-
-/// Take a blocked client out of its queue; whether it was queued.
-fn forget(bc: *mut raw::RedisModuleBlockedClient) -> bool {
-    with(|s| {
-        let queued = match s.ids.remove(&(bc as usize)) {
-            Some(id) => s.queues.remove(id).is_some(),
-            None => false,
-        };
-        update_total(s);
-        queued
-    })
 }

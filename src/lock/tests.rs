@@ -2,14 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// name, current lock, token, now, expected reply, expected change
-type Case = (
-    &'static str,
-    Option<Lock>,
-    &'static [u8],
-    Micros,
-    bool,
-    Change,
-);
+type Case<R = bool> = (&'static str, Option<Lock>, &'static [u8], Micros, R, Change);
 
 const A: &[u8] = b"token-a";
 const B: &[u8] = b"token-b";
@@ -136,14 +129,21 @@ fn re_acquire_keeps_acquisition_time_and_extensions() {
 
 #[test]
 fn extend_table() {
-    let cases: [Case; 5] = [
-        ("nothing to extend", None, A, 10, false, Change::Keep),
+    let cases: [Case<Extended>; 5] = [
+        (
+            "nothing to extend",
+            None,
+            A,
+            10,
+            Extended::NotHeld,
+            Change::Keep,
+        ),
         (
             "holder extends",
             Some(held(A, 2, 100)),
             A,
             99,
-            true,
+            Extended::Extended,
             Change::Put(Lock {
                 deadline: 149,
                 extensions: 1,
@@ -155,7 +155,7 @@ fn extend_table() {
             Some(held(B, 2, 100)),
             A,
             99,
-            false,
+            Extended::NotHeld,
             Change::Keep,
         ),
         (
@@ -163,7 +163,7 @@ fn extend_table() {
             Some(held(A, 2, 100)),
             A,
             100,
-            false,
+            Extended::NotHeld,
             Change::Remove,
         ),
         (
@@ -171,7 +171,7 @@ fn extend_table() {
             Some(held(B, 2, 100)),
             A,
             150,
-            false,
+            Extended::NotHeld,
             Change::Remove,
         ),
     ];
@@ -320,20 +320,25 @@ fn the_hold_limit_bounds_extensions_and_refreshes() {
     };
     assert_eq!(lock.hold_limit, Some(1_000));
     let out = extend(Some(&lock), A, 400, 300);
-    assert!(out.reply, "deadline 700 is within the limit");
+    assert_eq!(
+        out.reply,
+        Extended::Extended,
+        "deadline 700 is within the limit"
+    );
     let Change::Put(lock) = out.change else {
         panic!()
     };
     let out = extend(Some(&lock), A, 400, 650);
     assert_eq!(
         (out.reply, out.change),
-        (false, Change::Keep),
+        (Extended::HoldLimit, Change::Keep),
         "1050 is past the limit"
     );
     let out = acquire(Some(&lock), &req(A, 400), 650, &mut fences);
     assert_eq!((out.reply, out.change), (Acquired::HoldLimit, Change::Keep));
-    assert!(
+    assert_eq!(
         extend(Some(&lock), A, 350, 650).reply,
+        Extended::Extended,
         "up to the limit is fine"
     );
     assert_eq!(
@@ -466,12 +471,12 @@ proptest! {
                     let expected = match model.live(key, now) {
                         Some((holder, fence, _)) if holder == who => {
                             model.holder[key] = Some((who, fence, now + ttl));
-                            true
+                            Extended::Extended
                         }
-                        _ => false,
+                        _ => Extended::NotHeld,
                     };
                     prop_assert_eq!(out.reply, expected);
-                    if out.reply {
+                    if out.reply == Extended::Extended {
                         promised[key] = Some((who, now + ttl));
                     }
                     apply(&mut keys[key], out.change);
