@@ -174,6 +174,71 @@ fn timed_out_waits_leave_no_memory_behind() {
     }
 }
 
+/// Waiters that disconnect or are killed (`CLIENT KILL`) leave nothing
+/// behind either.
+#[test]
+fn waiters_that_disconnect_or_are_killed_leave_no_memory_behind() {
+    const WAITERS: usize = 60;
+    for flavor in testkit::flavors() {
+        let server = Server::start(flavor);
+        let mut c = server.conn();
+        acquire(&mut c, "k", "holder", 600_000).unwrap();
+        let mut round = |c: &mut Connection, kill: bool| {
+            let mut ids = Vec::new();
+            let mut conns = Vec::new();
+            for _ in 0..WAITERS {
+                let mut w = server.conn();
+                let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut w).unwrap();
+                // Sent, not read: the client waits.
+                let wait = redis::cmd("LOCK.ACQUIRE")
+                    .arg("k")
+                    .arg(format!("w{id}"))
+                    .arg(60_000)
+                    .arg("WAIT")
+                    .arg(60_000)
+                    .get_packed_command();
+                w.send_packed_command(&wait).unwrap();
+                ids.push(id);
+                conns.push(w);
+            }
+            eventually(Duration::from_secs(5), "the waiters queued", || {
+                (waiters_on(c, "k") == WAITERS as i64).then_some(())
+            });
+            if kill {
+                for id in &ids {
+                    let _: i64 = redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("ID")
+                        .arg(id)
+                        .query(c)
+                        .unwrap();
+                }
+            }
+            drop(conns);
+            eventually(Duration::from_secs(5), "the waiters gone", || {
+                (waiters_on(c, "k") == 0 && testkit::lockcmd::stats(c)["waiters"] == 0)
+                    .then_some(())
+            });
+        };
+        round(&mut c, false);
+        let before = used_memory(&mut c);
+        for _ in 0..3 {
+            round(&mut c, false);
+            round(&mut c, true);
+        }
+        let after = used_memory(&mut c);
+        eprintln!(
+            "{flavor}: {before} -> {after} bytes after {} waiters left",
+            6 * WAITERS
+        );
+        assert!(
+            after - before < 128 * 1024,
+            "{flavor}: kept {} bytes",
+            after - before
+        );
+    }
+}
+
 /// `CLIENT UNBLOCK` does not end a lock wait (it replies 0): on Redis 7.0
 /// an unblock in the same event-loop turn as a hand-over loses the grant's
 /// reply. The waiter is still served, and nothing leaks.
