@@ -183,7 +183,7 @@ fn waiters_that_disconnect_or_are_killed_leave_no_memory_behind() {
         let server = Server::start(flavor);
         let mut c = server.conn();
         acquire(&mut c, "k", "holder", 600_000).unwrap();
-        let mut round = |c: &mut Connection, kill: bool| {
+        let round = |c: &mut Connection, kill: bool| {
             let mut ids = Vec::new();
             let mut conns = Vec::new();
             for _ in 0..WAITERS {
