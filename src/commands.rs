@@ -188,6 +188,9 @@ impl Slot<'_> {
                 ffi::notify(ctx, event, &name);
             }
             Change::Remove => {
+                if let Some(old) = self.current() {
+                    sweeper::untrack(ctx, self.name.as_slice(), old.deadline);
+                }
                 sweeper::remove(ctx, &self.key, &self.name);
                 let event = if out.ended { c"lock.expired" } else { event };
                 ffi::notify(ctx, event, &self.name);
@@ -205,6 +208,10 @@ fn store(ctx: &Context, slot: Slot, lock: Lock, now: Micros) -> Result<RedisStri
         Some(stored) => {
             let payload = codec::encode(&lock, now);
             let deadline = lock.deadline;
+            if stored.deadline != deadline {
+                // One index entry per lock, however often it is extended.
+                sweeper::untrack(ctx, slot.name.as_slice(), stored.deadline);
+            }
             *stored = lock;
             published(ctx, &slot.name, &payload, deadline);
         }

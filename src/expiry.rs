@@ -5,11 +5,13 @@
 //! module timer (`sweeper.rs`) removes the keys whose locks have ended.
 //!
 //! Entries are hints, not truth: when an entry comes due the sweeper looks at
-//! the key itself. An entry whose key was deleted, renamed away or extended
-//! is simply dropped (or moved to the lock's current deadline), so the index
-//! never has to be told about every change to the keyspace. It only must
-//! hold an entry at or before the deadline of every lock, and every path
-//! that stores a lock adds one.
+//! the key itself. An entry whose key was deleted or renamed away by an
+//! operator is simply dropped then, so the index never has to be told about
+//! every change to the keyspace. It only must hold an entry at or before the
+//! deadline of every lock, and every path that stores a lock adds one. The
+//! module's own commands also take out the entry they replace (an extension
+//! moves the lock's entry, a release drops it), so a lock has one entry
+//! however often it is extended.
 
 use crate::lock::Micros;
 use std::collections::BTreeSet;
@@ -41,6 +43,16 @@ impl ExpiryIndex {
             db,
             key: key.to_vec(),
         });
+    }
+
+    /// Forget the entry for the lock in `key` of `db` ending at `deadline`
+    /// (it was extended or removed by a command); whether there was one.
+    pub fn remove(&mut self, deadline: Micros, db: i32, key: &[u8]) -> bool {
+        self.entries.remove(&Entry {
+            deadline,
+            db,
+            key: key.to_vec(),
+        })
     }
 
     /// The earliest deadline on record.
@@ -121,6 +133,19 @@ mod tests {
         assert_eq!(keys, vec![(0, &b"a"[..]), (1, &b"b"[..])]);
         assert_eq!(index.next_deadline(), Some(30));
         assert!(index.pop_due(29, 10).is_empty());
+    }
+
+    #[test]
+    fn remove_takes_out_exactly_one_entry() {
+        let mut index = ExpiryIndex::new();
+        index.insert(10, 0, b"a");
+        index.insert(20, 0, b"a");
+        index.insert(10, 1, b"a");
+        assert!(index.remove(10, 0, b"a"));
+        assert!(!index.remove(10, 0, b"a"), "already gone");
+        assert!(!index.remove(10, 0, b"b"), "another key");
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.next_deadline(), Some(10), "db 1's entry stays");
     }
 
     #[test]

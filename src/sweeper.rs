@@ -49,6 +49,14 @@ pub fn track(ctx: &Context, db: i32, key: &[u8], deadline: Micros) {
     arm(ctx);
 }
 
+/// The lock in `key` (of the selected database) no longer ends at
+/// `deadline`: a command moved or removed it. Its entry goes; the timer may
+/// then fire for nothing, which is harmless.
+pub fn untrack(ctx: &Context, key: &[u8], deadline: Micros) {
+    let db = ffi::selected_db(ctx);
+    node::with(|n| n.index.remove(deadline, db, key));
+}
+
 /// Arm the timer for the earliest deadline on record, unless it already
 /// fires by then.
 pub fn arm(ctx: &Context) {

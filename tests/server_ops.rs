@@ -480,3 +480,22 @@ fn ticket_without_wait_is_refused() {
     );
     assert!(info(&mut c, "k").is_none(), "refused, nothing changed");
 }
+
+/// A lock costs the same however often it is extended: each extension used
+/// to leave an expiry-index entry behind until the old deadline passed
+/// (about 97 B each; a lock renewed every second for its 10-minute TTL
+/// cost tens of KB).
+#[test]
+fn extensions_keep_one_index_entry_per_lock() {
+    let server = Server::start(testkit::first_flavor());
+    let mut c = server.conn();
+    let entries = |c: &mut Connection| testkit::lockcmd::stats(c)["expiry_index_entries"];
+    acquire(&mut c, "k", "a", 600_000).unwrap();
+    for i in 0..20 {
+        assert_eq!(testkit::lockcmd::extend(&mut c, "k", "a", 600_000 + i), 1);
+        acquire(&mut c, "k", "a", 600_100 + i).unwrap(); // a refresh, too
+    }
+    assert_eq!(entries(&mut c), 1);
+    assert_eq!(release(&mut c, "k", "a"), 1);
+    assert_eq!(entries(&mut c), 0);
+}
