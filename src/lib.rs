@@ -51,11 +51,13 @@ mod module {
     use redis_module::configuration::ConfigurationFlags;
     use redis_module::{logging, raw, redis_module, Context, RedisString, Status};
 
-    command_entry!(acquire_entry, commands::acquire);
-    command_entry!(extend_entry, commands::extend);
-    command_entry!(release_entry, commands::release);
+    // The token (argument 2), and LOCK.LOAD's payload, which holds one, never
+    // show in SLOWLOG or MONITOR.
+    command_entry!(acquire_entry, commands::acquire, redact: [2]);
+    command_entry!(extend_entry, commands::extend, redact: [2]);
+    command_entry!(release_entry, commands::release, redact: [2]);
     command_entry!(lock_info_entry, commands::info);
-    command_entry!(load_entry, commands::load);
+    command_entry!(load_entry, commands::load, redact: [2]);
 
     const RW_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
 
