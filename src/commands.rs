@@ -122,7 +122,15 @@ fn limits() -> args::Limits {
     args::Limits {
         max_ttl_ms: max_ttl_ms(),
         max_hold_ms: MAX_HOLD_MS.load(Ordering::Relaxed),
+        max_fence: fence_ceiling(),
     }
+}
+
+/// The largest fencing token a client's request may set (see DESIGN.md,
+/// "The counter's headroom").
+fn fence_ceiling() -> u64 {
+    let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
+    node::with(|n| lock::fence_ceiling(n.fences.last(), wall_micros))
 }
 
 fn arg_error(e: ArgError) -> RedisError {
@@ -382,6 +390,9 @@ pub fn load(ctx: &Context, req: &Request) -> RedisResult {
     let now = clock::now();
     let lock = codec::decode(payload, now)
         .map_err(|e| RedisError::String(format!("ERR invalid LOCK.LOAD payload: {e}")))?;
+    if !ffi::is_replay(ctx) {
+        args::loaded_fence(lock.fence, fence_ceiling()).map_err(arg_error)?;
+    }
     let slot = open(ctx, req)?;
     node::with(|n| n.fences.observe(lock.fence));
     store(ctx, slot, lock, now)?;

@@ -325,6 +325,16 @@ pub fn server_wall_ms() -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
+/// Whether the running command is a replay of effects this node must take
+/// as they are: from its primary over the replication link, or from the AOF
+/// while loading.
+pub fn is_replay(ctx: &Context) -> bool {
+    let replay = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING;
+    // SAFETY: a valid context of the running command.
+    let flags = unsafe { raw::RedisModule_GetContextFlags.map_or(0, |f| f(ctx.get_raw())) };
+    u32::try_from(flags).is_ok_and(|flags| flags & replay != 0)
+}
+
 /// Ask Redis to report RDB read errors to `rdb_load` instead of exiting (a
 /// corrupt `RESTORE` payload is an error reply, not a crash), and to leave
 /// signalling modified keys to the module.
