@@ -40,6 +40,8 @@ pub struct Limits {
     pub max_ttl_ms: i64,
     /// `lock.max-hold-ms`, 0: no bound.
     pub max_hold_ms: i64,
+    /// The largest `FENCE` floor accepted ([`crate::lock::fence_ceiling`]).
+    pub max_fence: u64,
 }
 
 /// `LOCK.EXTEND key token ttl-ms`
@@ -76,11 +78,13 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
             )));
         };
         if name.eq_ignore_ascii_case(b"FENCE") {
+            let max = limits.max_fence.clamp(1, MAX_FENCE);
             fence_floor = match parse_i64(value) {
-                Some(n) if n >= 1 => n.unsigned_abs().min(MAX_FENCE),
+                Some(n) if n >= 1 && n.unsigned_abs() <= max => n.unsigned_abs(),
                 _ => {
                     return Err(ArgError(format!(
-                        "invalid FENCE '{}': must be an integer from 1 to {MAX_FENCE}",
+                        "invalid FENCE '{}': must be an integer from 1 to {max} \
+                         (this node's clock in microseconds + 2^40, or its fencing counter if higher)",
                         printable(value)
                     )))
                 }
@@ -183,6 +187,19 @@ pub fn load<'a>(args: &[&'a [u8]]) -> Result<&'a [u8], ArgError> {
     }
 }
 
+/// The fencing token of a `LOCK.LOAD` payload sent by a client (not the
+/// primary, not the AOF): bounded like a `FENCE` floor, so a payload cannot
+/// spend the node's counter either.
+pub fn loaded_fence(fence: u64, max_fence: u64) -> Result<(), ArgError> {
+    if fence <= max_fence {
+        return Ok(());
+    }
+    Err(ArgError(format!(
+        "invalid LOCK.LOAD payload: fencing token {fence} is above {max_fence} \
+         (this node's clock in microseconds + 2^40, or its fencing counter if higher)"
+    )))
+}
+
 fn token_arg(token: &[u8]) -> Result<&[u8], ArgError> {
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(ArgError(format!(
@@ -245,6 +262,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_ttl_ms: 86_400_000,
         max_hold_ms: 0,
+        max_fence: MAX_FENCE,
     };
 
     fn limits(max_ttl_ms: i64) -> Limits {
@@ -395,6 +413,51 @@ mod tests {
     }
 
     #[test]
+    fn a_fence_floor_is_bounded_by_the_node() {
+        let limits = Limits {
+            max_fence: 5_000,
+            ..LIMITS
+        };
+        let cases: &[(&str, Result<u64, &str>)] = &[
+            ("1", Ok(1)),
+            ("5000", Ok(5_000)),
+            (
+                "5001",
+                Err("invalid FENCE '5001': must be an integer from 1 to 5000 (this node's clock"),
+            ),
+            (
+                "9223372036854775807",
+                Err("invalid FENCE '9223372036854775807'"),
+            ),
+            ("0", Err("invalid FENCE '0'")),
+            ("-1", Err("invalid FENCE '-1'")),
+        ];
+        for (floor, expected) in cases {
+            let args = [
+                b"LOCK.ACQUIRE",
+                &b"k"[..],
+                b"t",
+                b"100",
+                b"FENCE",
+                floor.as_bytes(),
+            ];
+            match (acquire(&args, limits), expected) {
+                (Ok(req), Ok(want)) => assert_eq!(req.fence_floor, *want, "{floor}"),
+                (Err(e), Err(want)) => assert!(e.0.starts_with(want), "{floor}: {}", e.0),
+                (got, _) => panic!("{floor}: {got:?}"),
+            }
+        }
+        assert_eq!(loaded_fence(5_000, 5_000), Ok(()));
+        let err = loaded_fence(5_001, 5_000).unwrap_err();
+        assert!(
+            err.0
+                .starts_with("invalid LOCK.LOAD payload: fencing token 5001 is above 5000"),
+            "{}",
+            err.0
+        );
+    }
+
+    #[test]
     fn token_length_bounds() {
         let long = vec![b'x'; MAX_TOKEN_LEN];
         let too_long = vec![b'x'; MAX_TOKEN_LEN + 1];
@@ -467,8 +530,9 @@ mod tests {
                 words in proptest::collection::vec(word(), 0..12),
                 max_ttl in 1i64..100_000,
                 max_hold in 0i64..100_000,
+                max_fence in prop_oneof![Just(MAX_FENCE), 1u64..2_000_000, any::<u64>()],
             ) {
-                let limits = Limits { max_ttl_ms: max_ttl, max_hold_ms: max_hold };
+                let limits = Limits { max_ttl_ms: max_ttl, max_hold_ms: max_hold, max_fence };
                 let mut all: Vec<&[u8]> = vec![b"LOCK.ACQUIRE"];
                 all.extend(words.iter().map(Vec::as_slice));
                 match acquire(&all, limits) {
@@ -482,6 +546,7 @@ mod tests {
                             }
                         }
                         prop_assert!(req.fence_floor <= i64::MAX.unsigned_abs());
+                        prop_assert!(req.fence_floor <= max_fence.max(1));
                     }
                     Err(e) => prop_assert!(!e.0.is_empty()),
                 }

@@ -122,6 +122,7 @@ fn limits() -> args::Limits {
     args::Limits {
         max_ttl_ms: max_ttl_ms(),
         max_hold_ms: MAX_HOLD_MS.load(Ordering::Relaxed),
+        max_fence: fence_ceiling(),
     }
 }
 
@@ -135,6 +136,13 @@ fn refuse_on_replica(ctx: &Context) -> Result<(), RedisError> {
         ));
     }
     Ok(())
+}
+
+/// The largest fencing token a client's request may set (see DESIGN.md,
+/// "The counter's headroom").
+fn fence_ceiling() -> u64 {
+    let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
+    node::with(|n| lock::fence_ceiling(n.fences.last(), wall_micros))
 }
 
 fn arg_error(e: ArgError) -> RedisError {
@@ -398,14 +406,17 @@ pub fn info(ctx: &Context, req: &Request) -> RedisResult {
 /// module's effects reach replicas and the AOF; it is not for applications.
 pub fn load(ctx: &Context, req: &Request) -> RedisResult {
     let payload = args::load(req.args).map_err(arg_error)?;
-    let flags = ctx.get_flags();
-    if !flags.intersects(ContextFlags::REPLICATED | ContextFlags::LOADING) {
+    let replay = ffi::is_replay(ctx);
+    if !replay {
         // From a user, not from the primary's stream or the AOF.
         refuse_on_replica(ctx)?;
     }
     let now = clock::now();
     let lock = codec::decode(payload, now)
         .map_err(|e| RedisError::String(format!("ERR invalid LOCK.LOAD payload: {e}")))?;
+    if !replay {
+        args::loaded_fence(lock.fence, fence_ceiling()).map_err(arg_error)?;
+    }
     let slot = open(ctx, req)?;
     node::with(|n| n.fences.observe(lock.fence));
     store(ctx, slot, lock, now)?;

@@ -36,8 +36,30 @@ pub fn guard<T>(fallback: T, f: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
 }
 
-/// The body of every command entry point.
+/// The body of every command entry point. The arguments at the positions in
+/// `redact` (a token, or a payload holding one) are hidden from `SLOWLOG` and
+/// `MONITOR` on every path, errors and panics included.
+///
+/// The redaction comes last, once nothing borrows the arguments: Valkey 8.1
+/// replaces the redacted string in the very `argv` the handler reads (and
+/// releases the original), so a redaction before the handler would make
+/// every token `(redacted)`. `SLOWLOG` and `MONITOR` take the arguments only
+/// after the command returns (Redis 7.0+, Valkey), so they still see it.
 pub fn run_command(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+    handler: Handler,
+    redact: &[c_int],
+) -> c_int {
+    let status = run_handler(ctx, argv, argc, handler);
+    for pos in redact.iter().filter(|pos| **pos < argc) {
+        redact_argument(ctx, *pos);
+    }
+    status
+}
+
+fn run_handler(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
@@ -70,6 +92,19 @@ pub fn run_command(
         None => context
             .reply_error_string("ERR internal error in the lock module, see the server log")
             as c_int,
+    }
+}
+
+/// Show argument `pos` of the running command as `(redacted)` in `SLOWLOG`
+/// and `MONITOR`, as Redis does for `AUTH` (Redis 7.0+, Valkey; a server
+/// without the call shows the argument).
+fn redact_argument(ctx: *mut raw::RedisModuleCtx, pos: c_int) {
+    // SAFETY: the context of the command being run; Redis checks `pos`
+    // against the command's arguments.
+    unsafe {
+        if let Some(f) = raw::RedisModule_RedactClientCommandArgument {
+            f(ctx, pos);
+        }
     }
 }
 
@@ -129,16 +164,20 @@ pub fn signal_modified(ctx: &Context, key: &RedisString) {
     }
 }
 
-/// Defines an `extern "C"` entry point for a command handler.
+/// Defines an `extern "C"` entry point for a command handler; `redact:
+/// [positions]` names the arguments `SLOWLOG` and `MONITOR` must not show.
 #[macro_export]
 macro_rules! command_entry {
     ($entry:ident, $handler:path) => {
+        $crate::command_entry!($entry, $handler, redact: []);
+    };
+    ($entry:ident, $handler:path, redact: [$($pos:expr),*]) => {
         extern "C" fn $entry(
             ctx: *mut redis_module::raw::RedisModuleCtx,
             argv: *mut *mut redis_module::raw::RedisModuleString,
             argc: std::ffi::c_int,
         ) -> std::ffi::c_int {
-            $crate::ffi::run_command(ctx, argv, argc, $handler)
+            $crate::ffi::run_command(ctx, argv, argc, $handler, &[$($pos),*])
         }
     };
 }
@@ -284,6 +323,16 @@ pub fn server_wall_ms() -> u64 {
     // SAFETY: takes no arguments and only reads the clock.
     let ms = unsafe { raw::RedisModule_Milliseconds.map_or(0, |f| f()) };
     u64::try_from(ms).unwrap_or(0)
+}
+
+/// Whether the running command is a replay of effects this node must take
+/// as they are: from its primary over the replication link, or from the AOF
+/// while loading.
+pub fn is_replay(ctx: &Context) -> bool {
+    let replay = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING;
+    // SAFETY: a valid context of the running command.
+    let flags = unsafe { raw::RedisModule_GetContextFlags.map_or(0, |f| f(ctx.get_raw())) };
+    u32::try_from(flags).is_ok_and(|flags| flags & replay != 0)
 }
 
 /// Ask Redis to report RDB read errors to `rdb_load` instead of exiting (a

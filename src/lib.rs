@@ -25,6 +25,7 @@ pub mod expiry;
 pub mod lock;
 pub mod queue;
 pub mod rejoin;
+pub mod settings;
 
 #[cfg(all(feature = "module", not(test)))]
 mod commands;
@@ -47,15 +48,19 @@ mod waiters;
 mod module {
     use crate::datatype::LOCK_TYPE;
     use crate::ffi::{self, CommandSpec};
+    use crate::settings::{self, Setting};
     use crate::{clock, command_entry, commands, node, resetstat, sweeper};
     use redis_module::configuration::ConfigurationFlags;
     use redis_module::{logging, raw, redis_module, Context, RedisString, Status};
+    use std::sync::atomic::{AtomicI64, Ordering};
 
-    command_entry!(acquire_entry, commands::acquire);
-    command_entry!(extend_entry, commands::extend);
-    command_entry!(release_entry, commands::release);
+    // The token (argument 2), and LOCK.LOAD's payload, which holds one, never
+    // show in SLOWLOG or MONITOR.
+    command_entry!(acquire_entry, commands::acquire, redact: [2]);
+    command_entry!(extend_entry, commands::extend, redact: [2]);
+    command_entry!(release_entry, commands::release, redact: [2]);
     command_entry!(lock_info_entry, commands::info);
-    command_entry!(load_entry, commands::load);
+    command_entry!(load_entry, commands::load, redact: [2]);
 
     const RW_UPDATE: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
 
@@ -115,7 +120,49 @@ mod module {
         ]
     }
 
-    fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+    /// Where each setting lives.
+    fn variable(setting: &Setting) -> Option<&'static AtomicI64> {
+        [
+            (settings::MAX_TTL_MS, &commands::MAX_TTL_MS),
+            (settings::MAX_HOLD_MS, &commands::MAX_HOLD_MS),
+            (settings::REJOIN_DELAY_MS, &commands::REJOIN_DELAY_MS),
+            (settings::MAX_WAITERS, &commands::MAX_WAITERS),
+            (settings::PROMOTION_DELAY_MS, &commands::PROMOTION_DELAY_MS),
+        ]
+        .into_iter()
+        .find_map(|(s, v)| (s.name == setting.name).then_some(v))
+    }
+
+    /// Apply the module load arguments, checked as `CONFIG SET` would check
+    /// them (Redis applies them to module configs without any check). They
+    /// come after the `lock.*` lines of the config file, so they win.
+    fn apply_load_args(ctx: &Context, args: &[RedisString]) -> Status {
+        let args: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+        let values = match settings::load_args(&args) {
+            Ok(values) => values,
+            Err(e) => {
+                ctx.log_warning(&format!("lock: {e}; the module is not loaded"));
+                return Status::Err;
+            }
+        };
+        for (setting, value) in values {
+            match variable(&setting) {
+                Some(var) => var.store(value, Ordering::Relaxed),
+                None => {
+                    ctx.log_warning(&format!("lock: no variable for {} (bug)", setting.name));
+                    return Status::Err;
+                }
+            }
+        }
+        Status::Ok
+    }
+
+    fn init(ctx: &Context, args: &[RedisString]) -> Status {
+        // First, before anything is registered that a failed load would
+        // leave behind.
+        if apply_load_args(ctx, args) == Status::Err {
+            return Status::Err;
+        }
         clock::init();
         std::panic::set_hook(Box::new(|info| {
             logging::log_warning(format!("lock: internal error (bug): {info}"));
@@ -188,16 +235,19 @@ mod module {
         init: init,
         configurations: [
             i64: [
-                ["max-ttl-ms", &commands::MAX_TTL_MS, 86_400_000, 1, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
-                ["max-hold-ms", &commands::MAX_HOLD_MS, 0, 0, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
-                ["rejoin-delay-ms", &commands::REJOIN_DELAY_MS, crate::rejoin::AUTO, crate::rejoin::AUTO, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
-                ["max-waiters", &commands::MAX_WAITERS, 10_000, 0, 1_000_000_000, ConfigurationFlags::DEFAULT, None],
-                ["promotion-delay-ms", &commands::PROMOTION_DELAY_MS, 0, crate::rejoin::AUTO, crate::args::TTL_CEILING_MS, ConfigurationFlags::DEFAULT, None],
+                [settings::MAX_TTL_MS.name, &commands::MAX_TTL_MS, settings::MAX_TTL_MS.default, settings::MAX_TTL_MS.min, settings::MAX_TTL_MS.max, ConfigurationFlags::DEFAULT, None],
+                [settings::MAX_HOLD_MS.name, &commands::MAX_HOLD_MS, settings::MAX_HOLD_MS.default, settings::MAX_HOLD_MS.min, settings::MAX_HOLD_MS.max, ConfigurationFlags::DEFAULT, None],
+                [settings::REJOIN_DELAY_MS.name, &commands::REJOIN_DELAY_MS, settings::REJOIN_DELAY_MS.default, settings::REJOIN_DELAY_MS.min, settings::REJOIN_DELAY_MS.max, ConfigurationFlags::DEFAULT, None],
+                [settings::MAX_WAITERS.name, &commands::MAX_WAITERS, settings::MAX_WAITERS.default, settings::MAX_WAITERS.min, settings::MAX_WAITERS.max, ConfigurationFlags::DEFAULT, None],
+                [settings::PROMOTION_DELAY_MS.name, &commands::PROMOTION_DELAY_MS, settings::PROMOTION_DELAY_MS.default, settings::PROMOTION_DELAY_MS.min, settings::PROMOTION_DELAY_MS.max, ConfigurationFlags::DEFAULT, None],
             ],
             string: [],
             bool: [],
             enum: [],
-            module_args_as_configuration: true,
+            // The crate would apply load arguments as the configs' defaults,
+            // which Redis does not check against the bounds: `init` checks
+            // and applies them instead.
+            module_args_as_configuration: false,
         ]
     }
 }

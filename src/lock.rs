@@ -85,6 +85,26 @@ pub struct FenceCounter {
 /// Fencing tokens are replied as Redis integers, so they stay below `i64::MAX`.
 pub const MAX_FENCE: u64 = i64::MAX as u64;
 
+/// How far above the node's wall clock, in microseconds, one request may set
+/// a fencing token (`FENCE` floor, `LOCK.LOAD` payload): 2^40 µs, about 12.7
+/// days. The counter starts at the wall clock in µs (about 2^50.7 in 2026)
+/// and grows by one per grant, so honest tokens on nodes whose clocks agree
+/// within days stay far below this; a request cannot push the counter more
+/// than 12.7 days of clock ahead, and 2^63 stays some 290,000 years away.
+pub const FENCE_HEADROOM: u64 = 1 << 40;
+
+/// The largest fencing token a request may ask for on a node whose counter
+/// is at `last`, at `wall_micros` on its wall clock: the clock plus
+/// [`FENCE_HEADROOM`], or the counter itself if it is higher already (a
+/// floor at or below the counter spends nothing).
+///
+/// The bound is absolute, not relative to the counter: raising the counter
+/// to it does not raise the bound, so repeating the request gains nothing.
+pub fn fence_ceiling(last: u64, wall_micros: u64) -> u64 {
+    last.max(wall_micros.saturating_add(FENCE_HEADROOM))
+        .min(MAX_FENCE)
+}
+
 impl FenceCounter {
     pub const fn starting_at(last: u64) -> Self {
         FenceCounter { last }

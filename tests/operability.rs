@@ -236,7 +236,7 @@ fn a_fence_floor_raises_the_lock_and_the_counter_and_replicates() {
                 "k",
                 "other",
                 60_000,
-                &["FENCE", &(floor * 2).to_string()]
+                &["FENCE", &(floor + 1_000_000).to_string()]
             ),
             None
         );

@@ -42,11 +42,13 @@ fn fence_on(server: &Server, key: &str) -> Option<u64> {
 }
 
 /// Raises a node's counter far above the others' (as a node restarted
-/// later would have it: a counter starts at the node's clock in µs).
+/// later would have it: a counter starts at the node's clock in µs). By
+/// 2^36 µs (19 hours) a time: the module refuses a `FENCE` floor more than
+/// 2^40 µs above its clock, and a test may push a few times in a row.
 fn push_counter_ahead(server: &Server) -> u64 {
     let mut c = server.conn();
     let now = lockcmd::acquire(&mut c, "fencing:bump", "bump", 1000).unwrap() as u64;
-    let ahead = now + 1_000_000_000_000;
+    let ahead = now + (1 << 36);
     let got = lockcmd::acquire_with(
         &mut c,
         "fencing:bump",
@@ -162,6 +164,44 @@ async fn a_quorum_holds_the_lease_fence_and_extend_keeps_it() {
         fences.iter().any(|f| *f < lease.fence()),
         "per-node fences differ: {fences:?}"
     );
+}
+
+/// A client allowed `FENCE` pushed one node's counter to the top of the
+/// module's bound (its clock + 2^40 µs): the raise that carries that token
+/// to the other nodes is still within theirs (their clocks have moved on
+/// since), so fenced leases keep coming, and the counters keep their
+/// headroom (see DESIGN.md, "The counter's headroom").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_pushed_to_the_bound_still_lets_fenced_leases_through() {
+    for flavor in testkit::flavors() {
+        let set = NodeSet::start(3, flavor);
+        let urls = set.urls();
+        let mut c0 = set.nodes[0].conn();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c0).unwrap();
+        // The module reads its clock in milliseconds.
+        let top = (secs * 1000 + micros / 1000) * 1000 + (1 << 40);
+        let pushed =
+            lockcmd::acquire_with(&mut c0, "other:x", "t", 1000, &["FENCE", &top.to_string()]);
+        assert_eq!(pushed, Some(top as i64), "{flavor}");
+        lockcmd::release(&mut c0, "other:x", "t");
+        // Nodes 1 and 2 need node 0 in every majority: hold the lock on 2.
+        assert!(lockcmd::acquire(&mut set.nodes[2].conn(), "fencing:top", "x", 60_000).is_some());
+        // Node 0's next grant is `top + 1`: node 1 takes it once its clock
+        // (milliseconds, same machine) is past node 0's at the push. Under
+        // clock skew it would take that much longer: the documented cost.
+        tokio::time::sleep(2 * MS).await;
+        let c = Client::new(config(&urls).build().unwrap()).unwrap();
+        let lease = c.try_acquire("fencing:top", 5000 * MS).await.unwrap();
+        assert!(lease.fence() > top, "{flavor}: {}", lease.fence());
+        assert_eq!(lease.nodes(), &[0, 1], "{flavor}");
+        assert_eq!(
+            fence_on(&set.nodes[1], "fencing:top"),
+            Some(lease.fence()),
+            "{flavor}"
+        );
+        c.release(&lease).await.unwrap();
+        assert!(c.settle(Duration::from_secs(5)).await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -261,6 +261,79 @@ fn observe_only_raises() {
 }
 
 #[test]
+fn fence_ceiling_table() {
+    // 2026-12-05 in microseconds since the epoch.
+    const WALL: u64 = 1_796_460_000_000_000;
+    let cases: &[(&str, u64, u64, u64)] = &[
+        // name, counter, wall clock (µs), ceiling
+        (
+            "the clock plus the headroom",
+            WALL,
+            WALL,
+            WALL + FENCE_HEADROOM,
+        ),
+        (
+            "a counter a little ahead",
+            WALL + 5,
+            WALL,
+            WALL + FENCE_HEADROOM,
+        ),
+        (
+            "a counter above the bound is its own ceiling",
+            WALL + 2 * FENCE_HEADROOM,
+            WALL,
+            WALL + 2 * FENCE_HEADROOM,
+        ),
+        (
+            "a clock at 0 still allows the headroom",
+            0,
+            0,
+            FENCE_HEADROOM,
+        ),
+        ("never above 2^63 - 1", 0, u64::MAX, MAX_FENCE),
+        ("an exhausted counter", MAX_FENCE, WALL, MAX_FENCE),
+    ];
+    for (name, last, wall, ceiling) in cases {
+        assert_eq!(fence_ceiling(*last, *wall), *ceiling, "{name}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Whatever floors clients send, accepted only up to the ceiling, the
+    /// counter never ends above the last ceiling plus the grants made: the
+    /// node keeps its headroom, and repeating a raise gains nothing.
+    #[test]
+    fn admitted_floors_never_spend_the_counter(
+        start in 1_700_000_000_000_000u64..1_900_000_000_000_000,
+        steps in proptest::collection::vec((0u64..1_000_000, any::<u64>(), any::<bool>()), 1..200),
+    ) {
+        let mut fences = FenceCounter::starting_at(start);
+        let mut wall = start;
+        let mut grants = 0u64;
+        let mut slot: Option<Lock> = None;
+        for (now, (advance, asked, holder_a)) in (1u64..).zip(steps) {
+            wall = wall.saturating_add(advance);
+            let ceiling = fence_ceiling(fences.last(), wall);
+            let floor = if asked % 2 == 0 { asked.min(ceiling) } else { asked };
+            if floor > ceiling || floor == 0 {
+                continue; // refused when parsed: nothing changes
+            }
+            let token = if holder_a { A } else { B };
+            let request = AcquireRequest { fence_floor: floor, ..req(token, 1) };
+            let out = acquire(slot.as_ref(), &request, now * 10, &mut fences);
+            if let Acquired::Granted(_) = out.reply {
+                grants += 1;
+            }
+            prop_assert_ne!(out.reply, Acquired::FencesExhausted);
+            apply(&mut slot, out.change);
+            prop_assert!(fences.last() <= (wall + FENCE_HEADROOM).max(start) + grants);
+        }
+    }
+}
+
+#[test]
 fn a_fence_floor_raises_new_grants_refreshes_and_the_counter() {
     let mut fences = FenceCounter::starting_at(10);
     let floor = |token, fence_floor| AcquireRequest {
