@@ -37,6 +37,13 @@ pub static LOCK_TYPE: RedisType = RedisType::new(
     },
 );
 
+/// The largest fence a restored lock may carry (see DESIGN.md, "The
+/// counter's headroom").
+fn fence_ceiling() -> u64 {
+    let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
+    node::with(|n| crate::lock::fence_ceiling(n.fences.last(), wall_micros))
+}
+
 /// # Safety
 /// `value` must be a pointer this type handed to Redis (a boxed `Lock`).
 unsafe fn lock_ref<'a>(value: *const c_void) -> Option<&'a Lock> {
@@ -54,6 +61,17 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
             return ptr::null_mut();
         };
         match codec::decode(buffer.as_ref(), clock::now()) {
+            Ok(lock) if !ffi::server_loading() && lock.fence > fence_ceiling() => {
+                // `RESTORE` of a crafted (or far-future) payload: the same
+                // bound as a `FENCE` floor, or one call could spend the
+                // node's counter for every tenant.
+                logging::log_warning(format!(
+                    "lock: refusing a restored lock whose fence {} is above the node's bound {}",
+                    lock.fence,
+                    fence_ceiling()
+                ));
+                ptr::null_mut()
+            }
             Ok(lock) => {
                 node::with(|n| n.fences.observe(lock.fence));
                 stats::LOCKS.fetch_add(1, Relaxed);

@@ -335,6 +335,15 @@ pub fn is_replay(ctx: &Context) -> bool {
     u32::try_from(flags).is_ok_and(|flags| flags & replay != 0)
 }
 
+/// Whether the server is loading its data (start-up, `DEBUG RELOAD`, a full
+/// sync from a primary), as opposed to running a command (`RESTORE`), when
+/// a type callback runs without a context.
+pub fn server_loading() -> bool {
+    // SAFETY: Redis accepts a null context and then reports server flags only.
+    let flags = unsafe { raw::RedisModule_GetContextFlags.map_or(0, |f| f(ptr::null_mut())) };
+    u32::try_from(flags).is_ok_and(|flags| flags & raw::REDISMODULE_CTX_FLAGS_LOADING != 0)
+}
+
 /// Ask Redis to report RDB read errors to `rdb_load` instead of exiting (a
 /// corrupt `RESTORE` payload is an error reply, not a crash), and to leave
 /// signalling modified keys to the module.

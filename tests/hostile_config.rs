@@ -112,6 +112,44 @@ fn one_tenant_cannot_exhaust_the_fencing_counter_for_every_other() {
     }
 }
 
+/// `RESTORE` (what `MIGRATE` runs on the target) of a dump whose lock
+/// carries a far-future token could spend the counter too; its bound is the
+/// same, while loading the node's own data is not bounded.
+#[test]
+fn restore_cannot_spend_the_fencing_counter() {
+    for flavor in testkit::flavors() {
+        let server = Server::builder(flavor).arg("rdbcompression", "no").start();
+        let mut c = server.conn();
+        let fence = acquire(&mut c, "k", "t", 60_000).unwrap();
+        let dump: Vec<u8> = redis::cmd("DUMP").arg("k").query(&mut c).unwrap();
+        let far = testkit::dump_with_fence(&dump, fence, i64::MAX);
+        let err = query_err(
+            &mut c,
+            redis::cmd("RESTORE").arg("far").arg(0).arg(far.as_slice()),
+        );
+        assert!(err.contains("Bad data format"), "{flavor}: {err}");
+        assert!(server.log().contains("above the node's bound"), "{flavor}");
+        assert_eq!(stats(&mut c)["fence_counter"], fence, "{flavor}: unspent");
+        // Within the bound a restored lock raises the counter as before.
+        let near = fence + 1_000;
+        let ok = testkit::dump_with_fence(&dump, fence, near);
+        let () = redis::cmd("RESTORE")
+            .arg("near")
+            .arg(0)
+            .arg(ok.as_slice())
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(info(&mut c, "near").unwrap()["fence"], near, "{flavor}");
+        assert!(
+            acquire(&mut c, "next", "u", 1_000).unwrap() > near,
+            "{flavor}"
+        );
+        // Reloading the node's own data is not bounded by the clock.
+        let () = redis::cmd("DEBUG").arg("RELOAD").query(&mut c).unwrap();
+        assert_eq!(info(&mut c, "near").unwrap()["fence"], near, "{flavor}");
+    }
+}
+
 #[test]
 fn the_fence_bound_moves_with_the_clock_and_applies_to_lock_load() {
     for flavor in testkit::flavors() {

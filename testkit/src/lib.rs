@@ -42,8 +42,8 @@ pub use cluster::Cluster;
 pub use fenced::{FencedStore, StaleFence};
 pub use flavor::{faketime_flavors, first_flavor, flavors, require_all, Flavor};
 pub use lockutil::{
-    corrupt_lock_dumps, crc64_redis, error_text, info_field, lock_info_fields, lock_info_owner,
-    read_aof, wait_aof_rewrite,
+    corrupt_lock_dumps, crc64_redis, dump_with_fence, error_text, info_field, lock_info_fields,
+    lock_info_owner, read_aof, wait_aof_rewrite,
 };
 pub use proxy::{Mode as ProxyMode, Proxy};
 pub use redis;

@@ -175,6 +175,28 @@ pub fn corrupt_lock_dumps(dump: &[u8], fence: i64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A `DUMP` of one lock with its fencing token `fence` replaced by
+/// `new_fence` and the checksum made right again, so that only the module
+/// can refuse it. The server must run with `rdbcompression no`.
+pub fn dump_with_fence(dump: &[u8], fence: i64, new_fence: i64) -> Vec<u8> {
+    assert!(dump.len() > 10, "not a DUMP payload");
+    let body_len = dump.len() - 8;
+    let at = [2u8, 1]
+        .iter()
+        .find_map(|version| {
+            let mut needle = vec![*version];
+            needle.extend_from_slice(&fence.to_le_bytes());
+            dump.windows(needle.len())
+                .position(|w| w == needle.as_slice())
+        })
+        .expect("the encoded lock inside the DUMP payload");
+    let mut body = dump[..body_len].to_vec();
+    body[at + 1..at + 9].copy_from_slice(&new_fence.to_le_bytes());
+    let crc = crc64_redis(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    body
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
