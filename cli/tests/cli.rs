@@ -143,6 +143,13 @@ fn running(pid: i32) -> bool {
     }
 }
 
+/// The parent of process `pid`.
+fn parent_of(pid: i32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 fn held_on(set: &NodeSet, key: &str) -> usize {
     testkit::lockcmd::held_on(&set.nodes, key)
 }
@@ -820,8 +827,11 @@ fn paused_holder_writes(mode: &str) -> Vec<(String, u64)> {
         .trim()
         .parse()
         .unwrap();
-    // Pause the whole client: the lease keeper and the worker.
+    // Pause the whole client: the lease keeper, the command's watchdog
+    // (the command's parent) and the worker, as a paused VM would be.
+    let watchdog = parent_of(child);
     signal(a.pid(), libc::SIGSTOP);
+    signal(watchdog, libc::SIGSTOP);
     signal(child, libc::SIGSTOP);
     eventually(Duration::from_secs(10), "A's lease to run out", || {
         (held_on(&set, "res") == 0).then_some(())
@@ -841,6 +851,7 @@ fn paused_holder_writes(mode: &str) -> Vec<(String, u64)> {
         let writes = fs::read_to_string(d.join("writes")).unwrap_or_default();
         (writes.lines().count() == 2).then_some(())
     });
+    signal(watchdog, libc::SIGCONT);
     signal(a.pid(), libc::SIGCONT);
     let code = a.code();
     assert!(

@@ -143,8 +143,18 @@ impl Client {
                 guard.armed = false;
                 return Err(timed_out(resource, started, attempts, last));
             }
+            let mut reached = Vec::new();
             let outcome = self
-                .queue_round(resource, token, ttl, left, ticket, split_window, &free)
+                .queue_round(
+                    resource,
+                    token,
+                    ttl,
+                    left,
+                    ticket,
+                    split_window,
+                    &free,
+                    &mut reached,
+                )
                 .await;
             if let Queued::Quorum = outcome {
                 let round = self.acquire_round(resource, token, ttl).await;
@@ -168,8 +178,8 @@ impl Client {
             }
             // Give back every partial grant before queueing again: the same
             // token is reused, so a late release must not hit the next grant.
-            let all = vec![true; self.inner.nodes.len()];
-            release_nodes(&self.inner, resource, token, &all, Wait::All).await;
+            // Nodes whose wait could not even connect hold nothing of ours.
+            release_nodes(&self.inner, resource, token, &reached, Wait::All).await;
             if let Queued::Split = outcome {
                 // The tickets already order the queues: a short random pause
                 // is enough, and the window grows so a long wait stays calm.
@@ -234,8 +244,14 @@ impl Client {
         ticket: u64,
         split_window: Duration,
         free: &[bool],
+        reached: &mut Vec<bool>,
     ) -> Queued {
         let inner = &self.inner;
+        // Every node may hold our token after this round (a confirming
+        // round's leftovers, a late grant) but those whose wait never
+        // connected; filled in as answers come.
+        reached.clear();
+        reached.resize(inner.nodes.len(), true);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut tally = Tally::new(inner.nodes.len(), inner.config.quorum);
         let is_free = |i: usize| free.get(i).copied().unwrap_or(false);
@@ -249,7 +265,12 @@ impl Client {
             .nodes
             .iter()
             .filter(|node| !is_free(node.index))
-            .map(|node| node.acquire_waiting(resource, token.as_str(), ttl.millis, wait_ms, ticket))
+            .map(|node| async move {
+                let answer = node
+                    .acquire_waiting(resource, token.as_str(), ttl.millis, wait_ms, ticket)
+                    .await;
+                (node.index, answer)
+            })
             .collect();
         let mut split_at: Option<tokio::time::Instant> = None;
         loop {
@@ -260,7 +281,7 @@ impl Client {
                 },
                 None => pending.next().await,
             };
-            let Some(answer) = answer else {
+            let Some((i, answer)) = answer else {
                 return Queued::Split;
             };
             match answer {
@@ -271,6 +292,11 @@ impl Client {
                 Ok(None) => tally.record(Vote::Refused),
                 Err(e) => {
                     tracing::debug!(resource, error = %e, "queued wait failed");
+                    if !e.may_have_reached() {
+                        if let Some(slot) = reached.get_mut(i) {
+                            *slot = false;
+                        }
+                    }
                     tally.record(Vote::Failed);
                 }
             }
