@@ -94,9 +94,10 @@ impl Drop for ReleaseOnDrop {
         let resource = std::mem::take(&mut self.resource);
         let token = self.token.clone();
         tracing::debug!(resource = %resource, "acquisition cancelled, releasing in the background");
+        // A node without a connection never got the request.
+        let which: Vec<bool> = inner.nodes.iter().map(Node::may_be_connected).collect();
         self.inner.background.spawn(None, async move {
-            let all = vec![true; inner.nodes.len()];
-            release_nodes(&inner, &resource, &token, &all, Wait::All).await;
+            release_nodes(&inner, &resource, &token, &which, Wait::All).await;
         });
     }
 }

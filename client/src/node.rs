@@ -89,6 +89,15 @@ impl Node {
         Ok((slot.generation, conn, false))
     }
 
+    /// Whether a connection is open (or being made): a request cut off
+    /// without one was never sent.
+    pub(crate) fn may_be_connected(&self) -> bool {
+        match self.slot.try_lock() {
+            Ok(slot) => slot.conn.is_some(),
+            Err(_) => true,
+        }
+    }
+
     async fn forget(&self, generation: u64) {
         let mut slot = self.slot.lock().await;
         if slot.generation == generation {
@@ -304,6 +313,7 @@ impl Node {
         ttl_ms: u64,
         wait_ms: u64,
         ticket: u64,
+        sent: &std::sync::atomic::AtomicBool,
     ) -> Result<Option<u64>, NodeError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -337,6 +347,7 @@ impl Node {
             .arg(wait_ms)
             .arg("TICKET")
             .arg(ticket);
+        sent.store(true, std::sync::atomic::Ordering::Relaxed);
         let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
         match timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
             Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),
