@@ -125,7 +125,7 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        // SIGKILL: the kernel then kills the command too (parent-death signal).
+        // SIGKILL: the watchdog then stops the command and its children.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
