@@ -112,13 +112,23 @@ pub enum Command {
 /// removed from its environment): the token is the capability to extend
 /// and release the lock, and stays inside redis-lock.
 ///
-/// If the lock is lost while the command runs (nodes down for longer than
-/// the TTL, the key deleted, --max-hold reached), the whole process group
-/// gets SIGTERM, then SIGKILL after --kill-grace, and redis-lock exits with
-/// status 76 and says so on stderr. SIGINT, SIGTERM and SIGHUP sent to
-/// redis-lock are forwarded to the group; the lock is released once the
-/// command exits. If redis-lock itself dies (kill -9), the command is killed
-/// at once, since nothing renews the lock any more.
+/// The command runs under a watchdog (a second redis-lock process, outside
+/// redis-lock's process group) that redis-lock tells the lease's validity
+/// after every renewal. If the lease is not renewed in time (nodes down,
+/// the key deleted, --max-hold reached, redis-lock killed with kill -9,
+/// stopped with SIGSTOP or Ctrl-Z, or starved), the command's process group
+/// and every process it started get SIGTERM, then SIGKILL after
+/// --kill-grace, so that they are dead before the lease ends: the grace is
+/// at most a third of --ttl, and SIGTERM comes that long before the end of
+/// the lease. redis-lock then exits with status 76. A command that exits
+/// leaving processes behind has them stopped the same way before the lock
+/// is released. SIGINT, SIGTERM and SIGHUP sent to redis-lock are
+/// forwarded to the group, as are SIGTSTP and SIGCONT (job control); the
+/// lock is released once the command exits.
+///
+/// A process that escapes the tree (handed to another service) or a whole
+/// machine paused past the lease is not stopped: pass REDIS_LOCK_FENCE to
+/// the resource you protect and have it refuse older fences.
 ///
 /// The command should not read from the terminal: it is not in the
 /// terminal's foreground process group.
@@ -141,7 +151,9 @@ pub struct RunArgs {
     #[arg(long, env = "REDIS_LOCK_MAX_HOLD", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub max_hold: Option<Duration>,
 
-    /// After a loss, how long the command has between SIGTERM and SIGKILL.
+    /// How long the command has between SIGTERM and SIGKILL when it must
+    /// stop; at most a third of --ttl, so that it is dead before the lease
+    /// ends.
     #[arg(long, env = "REDIS_LOCK_KILL_GRACE", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub kill_grace: Duration,
 

@@ -15,8 +15,16 @@ use crate::{duration, output, run};
 
 /// Prints `redis-lock: message` on stderr and returns the failure's status.
 pub fn fail(failure: Failure, message: impl std::fmt::Display) -> u8 {
-    eprintln!("redis-lock: {message}");
+    say!("redis-lock: {message}");
     failure.code()
+}
+
+/// Writes to stdout; false if that failed (a closed pipe): never a panic.
+pub fn put(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
 }
 
 pub async fn dispatch(cli: Cli) -> u8 {
@@ -101,16 +109,21 @@ async fn acquire(g: &Global, a: AcquireArgs) -> u8 {
     let key = a.lock.key.as_str();
     match client.acquire(key, a.lock.ttl, a.wait).await {
         Ok(lease) => {
-            print!(
-                "{}",
-                output::acquired(
-                    key,
-                    lease.token().as_str(),
-                    lease.fence(),
-                    lease.remaining()
-                )
+            let shown = output::acquired(
+                key,
+                lease.token().as_str(),
+                lease.fence(),
+                lease.remaining(),
             );
-            let _ = std::io::stdout().flush();
+            if !put(&shown) {
+                // Nobody learns the token: nobody could release it.
+                let _ = client.release(&lease).await;
+                settle(g, &client).await;
+                return fail(
+                    Failure::Internal,
+                    format!("cannot write the lease of {key:?} to stdout; released it"),
+                );
+            }
             // The round returned once a quorum granted; let the requests to
             // the slower nodes finish, so the lock is held on every node that
             // can take it and not on a bare quorum.
@@ -134,7 +147,7 @@ pub async fn settle(g: &Global, client: &Client) {
         .saturating_add(g.timeout)
         .saturating_mul(2);
     if !client.settle(limit).await {
-        eprintln!(
+        say!(
             "redis-lock: some nodes did not answer within {}; a lock left on them runs out at its TTL",
             duration::format(limit)
         );
@@ -187,7 +200,7 @@ fn report(
     let tally = Tally::of(results);
     match verdict(&tally, nodes.len(), nodes.quorum()) {
         Ok(()) => {
-            println!("{}", done(&tally));
+            put(&format!("{}\n", done(&tally)));
             exit::OK
         }
         Err(failure) => {
@@ -223,7 +236,7 @@ async fn info(g: &Global, a: InfoArgs) -> u8 {
         Err(code) => return code,
     };
     let states = nodes.lock_info(&a.key).await;
-    print!("{}", output::info(&nodes.labels(), &states, nodes.quorum()));
+    put(&output::info(&nodes.labels(), &states, nodes.quorum()));
     let answered = states.iter().filter(|s| s.is_ok()).count();
     if answered >= nodes.quorum() {
         exit::OK
@@ -249,10 +262,12 @@ async fn status(g: &Global, a: StatusArgs) -> u8 {
         Err(code) => return code,
     };
     let probes = nodes.probe(a.key.as_deref()).await;
-    print!(
-        "{}",
-        output::status(&nodes.labels(), &probes, a.key.as_deref(), nodes.quorum())
-    );
+    put(&output::status(
+        &nodes.labels(),
+        &probes,
+        a.key.as_deref(),
+        nodes.quorum(),
+    ));
     let healthy = probes.iter().filter(|p| p.healthy()).count();
     if healthy == probes.len() {
         exit::OK
@@ -265,6 +280,9 @@ async fn status(g: &Global, a: StatusArgs) -> u8 {
 
 pub fn completions(shell: clap_complete::Shell) -> u8 {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "redis-lock", &mut std::io::stdout());
+    // Into memory first: generate() panics if its writer fails.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "redis-lock", &mut script);
+    put(&String::from_utf8_lossy(&script));
     exit::OK
 }

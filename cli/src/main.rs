@@ -16,6 +16,15 @@
     )
 )]
 
+/// A line on stderr that can never panic: a closed or broken stderr (EPIPE)
+/// must not turn into a crash that skips the release of a lock.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod commands;
 mod duration;
@@ -23,6 +32,7 @@ mod exit;
 mod nodes;
 mod output;
 mod run;
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -31,7 +41,11 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == watchdog::SUBCOMMAND) {
+        return ExitCode::from(watchdog::main(args.get(2..).unwrap_or(&[])));
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print to stdout and succeed; everything
@@ -47,15 +61,14 @@ fn main() -> ExitCode {
     if let Command::Completions(c) = &cli.command {
         return ExitCode::from(commands::completions(c.shell));
     }
-    // One thread: the lock is renewed on the same thread that forks the
-    // command, which `run` relies on (see run.rs, PR_SET_PDEATHSIG).
+    // One thread is plenty for a handful of connections and one child.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("redis-lock: cannot start the runtime: {e}");
+            say!("redis-lock: cannot start the runtime: {e}");
             return ExitCode::from(exit::INTERNAL);
         }
     };

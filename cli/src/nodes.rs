@@ -257,6 +257,12 @@ impl Nodes {
                 r.and_then(|v| match v {
                     Value::Int(1) => Ok(true),
                     Value::Int(0) => Ok(false),
+                    // The module's "held by this token, but at its hold
+                    // limit": not extended, and not a loss of the lock.
+                    Value::Int(-1) => Err(NodeFailure::new(
+                        NodeErrorKind::Server,
+                        "held by this token but at its hold limit (MAXHOLD / lock.max-hold-ms): not extended",
+                    )),
                     other => Err(NodeFailure::new(
                         NodeErrorKind::Protocol,
                         format!("answered {other:?}"),

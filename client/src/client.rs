@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, LossReason, NodeError};
 use crate::guard::{HeldLease, LockGuard};
 use crate::lease::{Lease, Token};
-use crate::node::Node;
+use crate::node::{Extended, Node};
 use crate::quorum::{self, Decision, Raise, Tally, Vote};
 
 mod queued;
@@ -94,9 +94,10 @@ impl Drop for ReleaseOnDrop {
         let resource = std::mem::take(&mut self.resource);
         let token = self.token.clone();
         tracing::debug!(resource = %resource, "acquisition cancelled, releasing in the background");
+        // A node without a connection never got the request.
+        let which: Vec<bool> = inner.nodes.iter().map(Node::may_be_connected).collect();
         self.inner.background.spawn(None, async move {
-            let all = vec![true; inner.nodes.len()];
-            release_nodes(&inner, &resource, &token, &all, Wait::All).await;
+            release_nodes(&inner, &resource, &token, &which, Wait::All).await;
         });
     }
 }
@@ -337,6 +338,14 @@ impl Client {
                     Err(e) => {
                         tracing::debug!(resource, error = %e, "node failed");
                         tally.record(Vote::Failed);
+                        // Never connected: the request did not go out, so
+                        // there is nothing to release there (and a release
+                        // would only wait for the same connect timeout).
+                        if !e.may_have_reached() {
+                            if let Some(slot) = may_hold.get_mut(i) {
+                                *slot = false;
+                            }
+                        }
                         errors.push(e);
                     }
                 }
@@ -468,7 +477,9 @@ impl Client {
     /// - [`Error::Expired`] if the lease had expired (or expired before a
     ///   quorum answered): it must not be relied on any more;
     /// - [`Error::Lost`] with [`LossReason::NotHeld`] if so many nodes no
-    ///   longer hold it for this token that a quorum cannot;
+    ///   longer hold it for this token that a quorum cannot, or with
+    ///   [`LossReason::HoldLimit`] if it is the nodes' hold limit
+    ///   (`LOCK.EXTEND` replying -1) that keeps a quorum from extending;
     /// - [`Error::Unreachable`] if too few nodes answered (the lease stays
     ///   valid until its current deadline; try again).
     pub async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<(), Error> {
@@ -486,6 +497,9 @@ impl Client {
         let mut tally = Tally::new(n, inner.config.quorum);
         let mut extended_nodes = Vec::new();
         let mut errors = Vec::new();
+        // Refusals from nodes that hold our token but are at their hold
+        // limit, and from nodes that no longer hold it.
+        let (mut hold_limited, mut not_held) = (0usize, 0usize);
         {
             let mut pending: FuturesUnordered<_> =
                 inner
@@ -497,11 +511,18 @@ impl Client {
                     .collect();
             while let Some((i, answer)) = pending.next().await {
                 match answer {
-                    Ok(true) => {
+                    Ok(Extended::Yes) => {
                         tally.record(Vote::Granted(0));
                         extended_nodes.push(i);
                     }
-                    Ok(false) => tally.record(Vote::Refused),
+                    Ok(Extended::NotHeld) => {
+                        not_held += 1;
+                        tally.record(Vote::Refused);
+                    }
+                    Ok(Extended::HoldLimit) => {
+                        hold_limited += 1;
+                        tally.record(Vote::Refused);
+                    }
                     Err(e) => {
                         tally.record(Vote::Failed);
                         errors.push(e);
@@ -543,9 +564,17 @@ impl Client {
                     refused = tally.refused(),
                     "extension refused: lock lost"
                 );
+                // The nodes that no longer hold it would not have been
+                // enough to lose it: the hold limit is what ended it.
+                let spare = tally.nodes().saturating_sub(tally.quorum());
+                let reason = if hold_limited > 0 && not_held <= spare {
+                    LossReason::HoldLimit
+                } else {
+                    LossReason::NotHeld
+                };
                 Err(Error::Lost {
                     resource: lease.resource.clone(),
-                    reason: LossReason::NotHeld,
+                    reason,
                 })
             }
             _ => Err(Error::Unreachable {

@@ -18,6 +18,11 @@ pub enum LossReason {
     /// Renewal stopped at the configured maximum hold time and the lease
     /// then ran out.
     MaxHold,
+    /// The nodes still hold the lock for our token but refuse to extend it:
+    /// their hold limit (`MAXHOLD` at acquisition, or `lock.max-hold-ms`)
+    /// is reached (`LOCK.EXTEND` replied -1). The lock runs out at its
+    /// current deadline.
+    HoldLimit,
 }
 
 impl fmt::Display for LossReason {
@@ -26,6 +31,9 @@ impl fmt::Display for LossReason {
             LossReason::Expired => "its validity ran out before a renewal reached a quorum",
             LossReason::NotHeld => "a quorum of nodes no longer holds it for this token",
             LossReason::MaxHold => "the maximum hold time was reached",
+            LossReason::HoldLimit => {
+                "the nodes' hold limit (MAXHOLD / lock.max-hold-ms) was reached; they refuse to extend it"
+            }
         })
     }
 }
@@ -64,6 +72,10 @@ pub struct NodeError {
     pub code: Option<String>,
     /// A readable description.
     pub message: String,
+    /// Whether the request may have reached the node. False when no
+    /// connection could be made for it: such a node cannot hold anything
+    /// the request asked for, so it needs no release.
+    pub(crate) sent: bool,
 }
 
 impl NodeError {
@@ -74,7 +86,20 @@ impl NodeError {
             kind,
             code: None,
             message,
+            sent: true,
         }
+    }
+
+    /// Marks the request as never sent (see [`NodeError::may_have_reached`]).
+    pub(crate) fn unsent(mut self) -> Self {
+        self.sent = false;
+        self
+    }
+
+    /// Whether the request may have reached the node (false: no connection
+    /// could be made for it, so the node cannot have acted on it).
+    pub fn may_have_reached(&self) -> bool {
+        self.sent
     }
 
     pub(crate) fn with_code(mut self, code: Option<String>) -> Self {

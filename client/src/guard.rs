@@ -66,6 +66,14 @@ impl HeldLease {
         }
     }
 
+    /// Waits until the lease changes: a renewal moved its validity, or the
+    /// loss was signalled. False once the renewal task has ended and no
+    /// change can come any more. Cancellation-safe. For a holder that hands
+    /// the validity on, as `redis-lock run` does to its watchdog.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+
     /// Resolves when the lock is lost. Cancellation-safe: select on it
     /// beside the work.
     pub async fn lost(&self) -> LossReason {

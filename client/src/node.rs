@@ -28,6 +28,15 @@ pub(crate) struct Node {
     request_timeout: Duration,
 }
 
+/// A node's answer to `LOCK.EXTEND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extended {
+    Yes,
+    NotHeld,
+    /// Our token holds it, but the node's hold limit is reached.
+    HoldLimit,
+}
+
 /// Where in a request a failure happened: it decides how it is reported.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -80,6 +89,15 @@ impl Node {
         Ok((slot.generation, conn, false))
     }
 
+    /// Whether a connection is open (or being made): a request cut off
+    /// without one was never sent.
+    pub(crate) fn may_be_connected(&self) -> bool {
+        match self.slot.try_lock() {
+            Ok(slot) => slot.conn.is_some(),
+            Err(_) => true,
+        }
+    }
+
     async fn forget(&self, generation: u64) {
         let mut slot = self.slot.lock().await;
         if slot.generation == generation {
@@ -104,17 +122,26 @@ impl Node {
     /// more: every `LOCK.*` command is safe to repeat with the same token.
     pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, NodeError> {
         let mut retried = false;
+        // Whether an attempt went out on a connection: a node that never
+        // got the request holds nothing it asked for.
+        let mut sent = false;
         loop {
-            let (generation, mut conn, reused) =
-                match timeout(self.connect_timeout, self.connection()).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(self.error(
-                            NodeErrorKind::Timeout,
-                            format!("no connection within {:?}", self.connect_timeout),
-                        ))
-                    }
-                };
+            let connected = timeout(self.connect_timeout, self.connection()).await;
+            let (generation, mut conn, reused) = match connected {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    let e = self.with_refusal(e).await;
+                    return Err(if sent { e } else { e.unsent() });
+                }
+                Err(_) => {
+                    let e = self.error(
+                        NodeErrorKind::Timeout,
+                        format!("no connection within {:?}", self.connect_timeout),
+                    );
+                    return Err(if sent { e } else { e.unsent() });
+                }
+            };
+            sent = true;
             match timeout(self.request_timeout, cmd.query_async::<Value>(&mut conn)).await {
                 Err(_) => {
                     // A slow node is not a broken connection: keep it, the
@@ -171,6 +198,50 @@ impl Node {
         self.error(kind, message).with_code(code)
     }
 
+    /// A connection that broke during the handshake (reset, broken pipe,
+    /// closed) may have been refused by the server with an error line, as
+    /// `-ERR max number of clients reached` when the node is at
+    /// `maxclients`: the redis crate then reports only the broken socket.
+    /// Reads what the server says to a fresh connection, briefly, and adds
+    /// it to the message.
+    async fn with_refusal(&self, e: NodeError) -> NodeError {
+        if e.kind != NodeErrorKind::Connect && e.kind != NodeErrorKind::Io {
+            return e;
+        }
+        let redis::ConnectionAddr::Tcp(host, port) = self.client.get_connection_info().addr()
+        else {
+            return e;
+        };
+        let limit = self.connect_timeout.min(Duration::from_millis(200));
+        let probe = async {
+            use tokio::io::AsyncReadExt;
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .ok()?;
+            let mut buf = [0u8; 256];
+            let n = stream.read(&mut buf).await.ok()?;
+            let text = String::from_utf8_lossy(buf.get(..n)?).into_owned();
+            let line = text.strip_prefix('-')?.lines().next()?.trim().to_owned();
+            (!line.is_empty()).then_some(line)
+        };
+        match timeout(limit, probe).await {
+            Ok(Some(line)) => {
+                let code = line.split_whitespace().next().map(str::to_owned);
+                let mut e = self.error(
+                    NodeErrorKind::Server,
+                    format!("the server refused the connection: {line} ({})", e.message),
+                );
+                e.code = code;
+                if e.sent {
+                    e
+                } else {
+                    e.unsent()
+                }
+            }
+            _ => e,
+        }
+    }
+
     fn protocol(&self, what: &str, value: &Value) -> NodeError {
         self.error(
             NodeErrorKind::Protocol,
@@ -206,17 +277,22 @@ impl Node {
         }
     }
 
-    /// `LOCK.EXTEND key token ttl-ms`: whether our token held it and it was
-    /// extended.
+    /// `LOCK.EXTEND key token ttl-ms`: 1 extended, 0 not held by our token,
+    /// -1 held by our token but at its hold limit (not extended).
     pub(crate) async fn extend(
         &self,
         key: &str,
         token: &str,
         ttl_ms: u64,
-    ) -> Result<bool, NodeError> {
+    ) -> Result<Extended, NodeError> {
         let mut cmd = redis::cmd("LOCK.EXTEND");
         cmd.arg(key).arg(token).arg(ttl_ms);
-        self.flag("LOCK.EXTEND", &cmd).await
+        match self.query(&cmd).await? {
+            Value::Int(1) => Ok(Extended::Yes),
+            Value::Int(0) => Ok(Extended::NotHeld),
+            Value::Int(-1) => Ok(Extended::HoldLimit),
+            other => Err(self.protocol("LOCK.EXTEND", &other)),
+        }
     }
 
     /// `LOCK.RELEASE key token`: whether our token held it.
@@ -237,6 +313,7 @@ impl Node {
         ttl_ms: u64,
         wait_ms: u64,
         ticket: u64,
+        sent: &std::sync::atomic::AtomicBool,
     ) -> Result<Option<u64>, NodeError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -249,12 +326,17 @@ impl Node {
         .await
         {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(self.classify(&e, Phase::Connect)),
+            Ok(Err(e)) => {
+                let e = self.classify(&e, Phase::Connect);
+                return Err(self.with_refusal(e).await.unsent());
+            }
             Err(_) => {
-                return Err(self.error(
-                    NodeErrorKind::Timeout,
-                    format!("no connection within {:?}", self.connect_timeout),
-                ))
+                return Err(self
+                    .error(
+                        NodeErrorKind::Timeout,
+                        format!("no connection within {:?}", self.connect_timeout),
+                    )
+                    .unsent())
             }
         };
         let mut cmd = redis::cmd("LOCK.ACQUIRE");
@@ -265,6 +347,7 @@ impl Node {
             .arg(wait_ms)
             .arg("TICKET")
             .arg(ticket);
+        sent.store(true, std::sync::atomic::Ordering::Relaxed);
         let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
         match timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
             Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),

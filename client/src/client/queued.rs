@@ -40,6 +40,7 @@ use crate::quorum::{Decision, Tally, Vote};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a queue round ended.
@@ -51,6 +52,26 @@ enum Queued {
     /// Some nodes granted, but not a quorum within the split window.
     Split,
 }
+
+/// Copies which nodes a queue round's waits reached into the caller's
+/// vector when the round ends, however it ends (a round cut short by the
+/// budget is dropped mid-way).
+struct Filled<'a> {
+    sent: &'a [AtomicBool],
+    reached: &'a mut Vec<bool>,
+}
+
+impl Drop for Filled<'_> {
+    fn drop(&mut self) {
+        for (slot, sent) in self.reached.iter_mut().zip(self.sent) {
+            *slot = sent.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// The least time a round inside a wait is given, budget or not: live
+/// nodes answer in a few milliseconds.
+const MIN_ROUND: Duration = Duration::from_millis(50);
 
 /// Less than this left of the wait budget: one plain round decides.
 const MIN_WAIT: Duration = Duration::from_millis(2);
@@ -87,7 +108,36 @@ fn timed_out(resource: &str, started: Instant, attempts: u32, last: Error) -> Er
     }
 }
 
+/// A round that the end of the wait budget cut short: its own drop guard
+/// releases whatever it may have been granted. Reported with the last
+/// round's error if there was one.
+fn cut_short(resource: &str, last: Option<Error>, quorum: usize, nodes: usize) -> Error {
+    last.unwrap_or_else(|| Error::Unreachable {
+        resource: resource.to_owned(),
+        answered: 0,
+        quorum,
+        nodes,
+        node_errors: Vec::new(),
+    })
+}
+
 impl Client {
+    /// Runs one round of a wait, cut off once the budget is spent (but
+    /// never sooner than [`MIN_ROUND`] from now, or the request timeout if
+    /// shorter: enough for nodes that answer): nodes that cannot be reached
+    /// must not stretch the wait by a connect timeout per round.
+    async fn within<T>(
+        &self,
+        started: Instant,
+        wait: Duration,
+        round: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let left = wait
+            .saturating_sub(started.elapsed())
+            .max(self.inner.config.request_timeout.min(MIN_ROUND));
+        tokio::time::timeout(left, round).await.ok()
+    }
+
     pub(super) async fn acquire_queued(
         &self,
         resource: &str,
@@ -116,6 +166,8 @@ impl Client {
             .min(Duration::from_secs(2))
             .max(first_window);
         let mut split_window = first_window;
+        let (quorum, n) = (self.inner.config.quorum, self.inner.nodes.len());
+        let mut last: Option<Error> = None;
         loop {
             attempts = attempts.saturating_add(1);
             let left = wait.saturating_sub(started.elapsed());
@@ -123,7 +175,7 @@ impl Client {
                 // The budget is spent: one plain round, its answer final.
                 guard.armed = false;
                 return self
-                    .last_round(resource, token, ttl, started, attempts)
+                    .last_round(resource, token, ttl, (started, wait), attempts, last)
                     .await;
             }
             // A plain round first: it takes a free lock at once, on the
@@ -131,9 +183,14 @@ impl Client {
             // it. A lost round has released what it was granted.
             let mut free = Vec::new();
             let round = self
-                .acquire_round_noting(resource, token, ttl, Some(&mut free))
-                .await;
-            let last = match ends_the_wait(round, &mut guard, "held elsewhere, queueing") {
+                .within(
+                    started,
+                    wait,
+                    self.acquire_round_noting(resource, token, ttl, Some(&mut free)),
+                )
+                .await
+                .unwrap_or_else(|| Err(cut_short(resource, last.take(), quorum, n)));
+            let err = match ends_the_wait(round, &mut guard, "held elsewhere, queueing") {
                 ControlFlow::Break(done) => return done,
                 ControlFlow::Continue(e) => e,
             };
@@ -141,11 +198,29 @@ impl Client {
             if left < MIN_WAIT {
                 // That round was the last one the budget allows.
                 guard.armed = false;
-                return Err(timed_out(resource, started, attempts, last));
+                return Err(timed_out(resource, started, attempts, err));
             }
+            last = Some(err);
+            let mut reached = vec![true; n];
             let outcome = self
-                .queue_round(resource, token, ttl, left, ticket, split_window, &free)
-                .await;
+                .within(
+                    started,
+                    wait,
+                    self.queue_round(
+                        resource,
+                        token,
+                        ttl,
+                        left,
+                        ticket,
+                        split_window,
+                        &free,
+                        &mut reached,
+                    ),
+                )
+                .await
+                .unwrap_or(Queued::Lost {
+                    failed_beyond_spare: true,
+                });
             if let Queued::Quorum = outcome {
                 let round = self.acquire_round(resource, token, ttl).await;
                 if let ControlFlow::Break(done) =
@@ -168,8 +243,8 @@ impl Client {
             }
             // Give back every partial grant before queueing again: the same
             // token is reused, so a late release must not hit the next grant.
-            let all = vec![true; self.inner.nodes.len()];
-            release_nodes(&self.inner, resource, token, &all, Wait::All).await;
+            // Nodes whose wait could not even connect hold nothing of ours.
+            release_nodes(&self.inner, resource, token, &reached, Wait::All).await;
             if let Queued::Split = outcome {
                 // The tickets already order the queues: a short random pause
                 // is enough, and the window grows so a long wait stays calm.
@@ -196,7 +271,7 @@ impl Client {
                     // Out of retries or budget: a last plain round.
                     guard.armed = false;
                     return self
-                        .last_round(resource, token, ttl, started, attempts)
+                        .last_round(resource, token, ttl, (started, wait), attempts, last)
                         .await;
                 }
             }
@@ -211,11 +286,14 @@ impl Client {
         resource: &str,
         token: &Token,
         ttl: Ttl,
-        started: Instant,
+        (started, wait): (Instant, Duration),
         attempts: u32,
+        last: Option<Error>,
     ) -> Result<Lease, Error> {
-        self.acquire_round(resource, token, ttl)
+        let (quorum, n) = (self.inner.config.quorum, self.inner.nodes.len());
+        self.within(started, wait, self.acquire_round(resource, token, ttl))
             .await
+            .unwrap_or_else(|| Err(cut_short(resource, last, quorum, n)))
             .map_err(|e| timed_out(resource, started, attempts, e))
     }
 
@@ -234,8 +312,21 @@ impl Client {
         ticket: u64,
         split_window: Duration,
         free: &[bool],
+        reached: &mut Vec<bool>,
     ) -> Queued {
         let inner = &self.inner;
+        // Every node may hold our token after this round (a late grant)
+        // but those whose wait never connected: filled in when the round
+        // ends, or is cut short (the flags outlive the futures).
+        let sent: Vec<AtomicBool> = (0..inner.nodes.len())
+            .map(|i| AtomicBool::new(free.get(i).copied().unwrap_or(false)))
+            .collect();
+        let fill = Filled {
+            sent: &sent,
+            reached,
+        };
+        fill.reached.clear();
+        fill.reached.resize(inner.nodes.len(), true);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut tally = Tally::new(inner.nodes.len(), inner.config.quorum);
         let is_free = |i: usize| free.get(i).copied().unwrap_or(false);
@@ -249,7 +340,26 @@ impl Client {
             .nodes
             .iter()
             .filter(|node| !is_free(node.index))
-            .map(|node| node.acquire_waiting(resource, token.as_str(), ttl.millis, wait_ms, ticket))
+            .map(|node| {
+                let sent = sent.get(node.index);
+                async move {
+                    let answer = match sent {
+                        Some(sent) => {
+                            node.acquire_waiting(
+                                resource,
+                                token.as_str(),
+                                ttl.millis,
+                                wait_ms,
+                                ticket,
+                                sent,
+                            )
+                            .await
+                        }
+                        None => Ok(None),
+                    };
+                    (node.index, answer)
+                }
+            })
             .collect();
         let mut split_at: Option<tokio::time::Instant> = None;
         loop {
@@ -260,7 +370,7 @@ impl Client {
                 },
                 None => pending.next().await,
             };
-            let Some(answer) = answer else {
+            let Some((i, answer)) = answer else {
                 return Queued::Split;
             };
             match answer {
@@ -270,7 +380,7 @@ impl Client {
                 }
                 Ok(None) => tally.record(Vote::Refused),
                 Err(e) => {
-                    tracing::debug!(resource, error = %e, "queued wait failed");
+                    tracing::debug!(resource, node = i, error = %e, "queued wait failed");
                     tally.record(Vote::Failed);
                 }
             }
