@@ -30,6 +30,7 @@ pub mod history;
 pub mod lockcmd;
 mod lockutil;
 pub mod proxy;
+pub mod resp;
 mod server;
 
 use std::env;

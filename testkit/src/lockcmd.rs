@@ -51,6 +51,18 @@ pub fn info(c: &mut Connection, key: &str) -> Option<HashMap<String, i64>> {
     crate::lock_info_fields(&info_reply(c, key))
 }
 
+/// The `owner` fingerprint `LOCK.INFO` shows for `token`: the first 8 bytes
+/// of SHA-256 of the token, in hex (as `fingerprint` in `src/lock.rs`; the
+/// module's rlib cannot be linked into a test, it brings Redis's allocator).
+pub fn fingerprint(token: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The owner fingerprint `LOCK.INFO key` shows.
 pub fn owner(c: &mut Connection, key: &str) -> Option<String> {
     crate::lock_info_owner(&info_reply(c, key))
