@@ -32,9 +32,16 @@
 //! server flavor, or, with `HOSTILE_DURATION` seconds, as many as fit
 //! (`make soak`). `HOSTILE_KEEP_GOING=1` reports every kind of violation once
 //! instead of stopping at the first; `HOSTILE_SKIP=kind,kind` leaves step
-//! kinds out of the generator (names as printed in a sequence). A failure
-//! prints the seed and the shortest failing sequence found (prefixes, then
-//! single steps dropped, within a bounded number of replays).
+//! kinds out of the generator and `HOSTILE_ONLY=kind,kind` keeps only those
+//! (the names `Step::kind` gives);
+//! `HOSTILE_FLAVOR=valkey-9` runs one flavor; `HOSTILE_VERBOSE=1` prints
+//! each step. A failure prints the seed, the server logs (a crash report's
+//! head) and the shortest failing sequence found: the failing prefix, then
+//! chunks of steps dropped, within `HOSTILE_SHRINK` replays (default 12)
+//! and `HOSTILE_SHRINK_SECS` seconds (default 10; 600 with a duration).
+//!
+//! Default (`make test`): 2 sequences of 60 steps per flavor, about 25 s
+//! for the three flavors when they pass.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -386,7 +393,7 @@ fn ttl(rng: &mut Rng) -> u64 {
     }
 }
 
-fn generate(rng: &mut Rng, n: usize, skip: &[String]) -> Vec<Step> {
+fn generate(rng: &mut Rng, n: usize, skip: &[String], only: &[String]) -> Vec<Step> {
     let mut steps = Vec::with_capacity(n);
     while steps.len() < n {
         let c = rng.below(CLIENTS);
@@ -491,7 +498,9 @@ fn generate(rng: &mut Rng, n: usize, skip: &[String]) -> Vec<Step> {
                 k,
             },
         };
-        if !skip.iter().any(|s| s == step.kind()) {
+        let kind = step.kind();
+        let wanted = |list: &[String]| list.iter().any(|s| s == kind);
+        if !wanted(skip) && (only.is_empty() || wanted(only)) {
             steps.push(step);
         }
     }
@@ -510,6 +519,22 @@ struct Holder {
     /// An operator may have ended it (native TTL, eviction, a restored copy):
     /// its disappearance is no violation.
     volatile: bool,
+}
+
+impl Holder {
+    /// What `LOCK.INFO` shows as `owner` for it. A holder the model adopted
+    /// from the server (granted to a client that left) carries the
+    /// fingerprint in its name.
+    fn fingerprint(&self) -> String {
+        match self
+            .token
+            .strip_prefix("abandoned-")
+            .or_else(|| self.token.strip_prefix("unknown-"))
+        {
+            Some(fp) => fp.to_string(),
+            None => fingerprint(self.token.as_bytes()),
+        }
+    }
 }
 
 /// What became of one request that carried a token.
@@ -1974,7 +1999,7 @@ impl Sim {
                 }
                 if model
                     .as_ref()
-                    .is_some_and(|h| fingerprint(h.token.as_bytes()) == owner && h.fence == fence)
+                    .is_some_and(|h| h.fingerprint() == owner && h.fence == fence)
                 {
                     return Ok(());
                 }
@@ -1983,7 +2008,7 @@ impl Sim {
                 let model = self.dbs[db].get(&k).cloned();
                 if model
                     .as_ref()
-                    .is_some_and(|h| fingerprint(h.token.as_bytes()) == owner && h.fence == fence)
+                    .is_some_and(|h| h.fingerprint() == owner && h.fence == fence)
                 {
                     return Ok(());
                 }
@@ -2254,14 +2279,22 @@ fn run_on(sim: &mut Sim, steps: &[Step], verbose: bool) -> Result<(), (usize, Vi
 /// failing prefix, then chunks of halving size dropped while it still
 /// fails with the same check (timing makes some failures flaky, so this is
 /// a shorter sequence, not always the shortest).
-fn shrink(flavor: Flavor, steps: &[Step], at: usize, check: &str, budget: usize) -> Vec<Step> {
+fn shrink(
+    flavor: Flavor,
+    steps: &[Step],
+    at: usize,
+    check: &str,
+    budget: usize,
+    time: Duration,
+) -> Vec<Step> {
+    let until = Instant::now() + time;
     let fails = |s: &[Step]| matches!(run(flavor, s, false, false, &mut Outcome::default()), Err((_, v, _)) if v.check == check);
     let mut best: Vec<Step> = steps[..(at + 1).min(steps.len())].to_vec();
     let mut replays = 0;
     let mut chunk = best.len().div_ceil(2).max(1);
-    while replays < budget {
+    while replays < budget && Instant::now() < until {
         let mut start = 0;
-        while start < best.len() && replays < budget {
+        while start < best.len() && replays < budget && Instant::now() < until {
             let mut candidate = best.clone();
             let end = (start + chunk).min(candidate.len());
             candidate.drain(start..end);
@@ -2309,16 +2342,24 @@ fn lock_promises_hold_under_hostile_server_operations() {
     let keep_going = std::env::var("HOSTILE_KEEP_GOING").is_ok_and(|v| v == "1");
     let verbose = std::env::var("HOSTILE_VERBOSE").is_ok_and(|v| v == "1");
     let shrink_budget = env_u64("HOSTILE_SHRINK").unwrap_or(12) as usize;
-    let skip: Vec<String> = std::env::var("HOSTILE_SKIP")
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    // Shrinking replays whole sequences: bounded in time too, so that a
+    // failing `make test` still ends in well under 90 s.
+    let shrink_time = Duration::from_secs(
+        env_u64("HOSTILE_SHRINK_SECS").unwrap_or(if duration.is_some() { 600 } else { 10 }),
+    );
+    let kinds = |var: &str| -> Vec<String> {
+        std::env::var(var)
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let (skip, only) = (kinds("HOSTILE_SKIP"), kinds("HOSTILE_ONLY"));
     let mut failures = Vec::new();
-    let only = std::env::var("HOSTILE_FLAVOR").unwrap_or_default();
+    let only_flavor = std::env::var("HOSTILE_FLAVOR").unwrap_or_default();
     for flavor in testkit::flavors() {
-        if !only.is_empty() && !flavor.to_string().contains(&only) {
+        if !only_flavor.is_empty() && !flavor.to_string().contains(&only_flavor) {
             continue;
         }
         let started = Instant::now();
@@ -2326,7 +2367,7 @@ fn lock_promises_hold_under_hostile_server_operations() {
         let mut total = Outcome::default();
         let mut seed = first_seed;
         while seqs < sequences && duration.is_none_or(|d| started.elapsed() < d) {
-            let steps = generate(&mut Rng::new(seed), n_steps, &skip);
+            let steps = generate(&mut Rng::new(seed), n_steps, &skip, &only);
             seqs += 1;
             match run(flavor, &steps, keep_going, verbose, &mut total) {
                 Ok(found) => {
@@ -2339,7 +2380,7 @@ fn lock_promises_hold_under_hostile_server_operations() {
                         "hostile {flavor}: seed {seed} FAILED at step {at}: {}: {}\n{logs}",
                         v.check, v.detail
                     );
-                    let short = shrink(flavor, &steps, at, v.check, shrink_budget);
+                    let short = shrink(flavor, &steps, at, v.check, shrink_budget, shrink_time);
                     let msg = format!(
                         "{flavor} seed {seed} (HOSTILE_SEED={seed} HOSTILE_STEPS={n_steps}): {}: {}\nshortest failing sequence found ({} steps, after the warm-up):\n{}",
                         v.check,
