@@ -32,8 +32,11 @@ export HOSTILE_SEED=${HOSTILE_SEED:-1} HOSTILE_STEPS=${HOSTILE_STEPS:-30} HOSTIL
   HOSTILE_SHRINK=0 HOSTILE_KEEP_GOING=1 HOSTILE_SKIP=${HOSTILE_SKIP-failover,promote,pause,scene-pause}
 
 cargo build -p redis-lock
-export REDIS_LOCK_MODULE=$PWD/target/debug/libredis_lock.so
-export REDIS_LOCK_SERVER_WRAPPER="valgrind --leak-check=full --show-leak-kinds=all --track-origins=no --num-callers=30 --log-file=$logs/vg.%p.log"
+# REDIS_LOCK_MODULE may point at another build of the module.
+export REDIS_LOCK_MODULE=${REDIS_LOCK_MODULE:-$PWD/target/debug/libredis_lock.so}
+# Forked children (BGSAVE, AOF rewrite) inherit the server's heap: silent,
+# or they would report its blocks again.
+export REDIS_LOCK_SERVER_WRAPPER="valgrind --child-silent-after-fork=yes --leak-check=full --show-leak-kinds=all --track-origins=no --num-callers=30 --log-file=$logs/vg.%p.log"
 
 status=0
 for t in $tests; do

@@ -67,8 +67,12 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const SLACK: Duration = Duration::from_millis(750);
 /// A lock found gone before its deadline is "lost early" only past this.
 const DEADLINE_SLACK: Duration = Duration::from_millis(5);
-/// `used_memory` (less buffers) may differ from the baseline by this much.
-const MEMORY_TOLERANCE: i64 = 8 * 1024;
+/// `used_memory` (less buffers) may grow by this much over the baseline.
+/// The server pools the clients behind blocked-client handles and trims the
+/// pool on its own schedule: one pooled client (about 22 KB on Redis 7.0,
+/// 17.5 KB on Valkey) comes and goes. A handle never released costs more
+/// (about 35 KB) and adds up with every wait.
+const MEMORY_TOLERANCE: i64 = 24 * 1024;
 const ABSURD_FENCE: &str = "9223372036854775807";
 
 fn key(k: usize) -> String {
@@ -2175,41 +2179,33 @@ impl Sim {
 /// A short fixed warm-up, so high-water marks (hash tables, queues, client
 /// and replication structures) settle before the memory baseline.
 fn warm_up(sim: &mut Sim) -> Check {
+    let acquire = |c, k, ttl, fence_delta| Step::Acquire {
+        c,
+        k,
+        ttl,
+        fence_delta,
+    };
+    let wait = |c, k, wait, ticket| Step::Wait {
+        c,
+        k,
+        ttl: 30,
+        wait,
+        ticket,
+    };
+    // Every client waiting at once: the server pools the clients that back
+    // blocked-client handles (Redis 7's temporary clients), so the pool must
+    // reach its largest size here, not in the sequence.
     let steps = [
-        Step::Acquire {
-            c: 0,
-            k: 0,
-            ttl: 60,
-            fence_delta: None,
-        },
-        Step::Wait {
-            c: 1,
-            k: 0,
-            ttl: 30,
-            wait: 300,
-            ticket: false,
-        },
-        Step::Wait {
-            c: 2,
-            k: 0,
-            ttl: 30,
-            wait: 5,
-            ticket: true,
-        },
-        Step::Acquire {
-            c: 3,
-            k: 1,
-            ttl: 40,
-            fence_delta: Some(3),
-        },
+        acquire(3, 1, 150, Some(3)),
+        acquire(0, 0, 150, None),
+        wait(1, 0, 300, false),
+        wait(2, 0, 5, true),
+        wait(2, 0, 300, true),
+        wait(3, 0, 300, false),
+        wait(0, 1, 300, false),
         Step::Dump { k: 1 },
-        Step::Sleep { ms: 120 },
-        Step::Acquire {
-            c: 0,
-            k: 2,
-            ttl: 30,
-            fence_delta: None,
-        },
+        Step::Sleep { ms: 250 },
+        acquire(0, 2, 30, None),
         Step::Release { c: 0, k: 2 },
         Step::Info { c: 1, k: 0 },
     ];
