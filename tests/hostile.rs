@@ -2298,7 +2298,14 @@ fn run_on(sim: &mut Sim, steps: &[Step], verbose: bool) -> Result<(), (usize, Vi
     }
     let end = sim.settle().and_then(|()| {
         for (n, (before, before_fields)) in base.iter().enumerate() {
-            let (after, after_fields) = sim.memory(n)?;
+            // The server frees pooled clients and lazily freed objects on
+            // its own time: give it a bounded while to come back.
+            let until = Instant::now() + Duration::from_secs(3);
+            let (mut after, mut after_fields) = sim.memory(n)?;
+            while after - before > MEMORY_TOLERANCE && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(200));
+                (after, after_fields) = sim.memory(n)?;
+            }
             if after - before > MEMORY_TOLERANCE {
                 let moved: Vec<String> = after_fields
                     .iter()
