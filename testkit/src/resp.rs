@@ -111,7 +111,9 @@ impl RespConn {
             };
             match got {
                 Ok(0) => self.closed = Some("connection closed by the server".into()),
-                Ok(n) => self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Ok(n) => self
+                    .buf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Read1::Nothing
                 }
@@ -179,7 +181,10 @@ fn parse(buf: &[u8]) -> Option<(Reply, usize)> {
             }
             Some((Reply::Array(items), at))
         }
-        _ => Some((Reply::Error(format!("unparsable reply byte {kind:#x}")), buf.len())),
+        _ => Some((
+            Reply::Error(format!("unparsable reply byte {kind:#x}")),
+            buf.len(),
+        )),
     }
 }
 
@@ -191,7 +196,10 @@ mod tests {
     fn replies_parse_only_when_complete() {
         assert_eq!(parse(b":12\r\n"), Some((Reply::Int(12), 5)));
         assert_eq!(parse(b"$-1\r\n"), Some((Reply::Nil, 5)));
-        assert_eq!(parse(b"$3\r\nabc\r\n+OK\r\n"), Some((Reply::Bulk(b"abc".to_vec()), 9)));
+        assert_eq!(
+            parse(b"$3\r\nabc\r\n+OK\r\n"),
+            Some((Reply::Bulk(b"abc".to_vec()), 9))
+        );
         assert_eq!(parse(b"$3\r\nab"), None);
         assert_eq!(
             parse(b"*2\r\n:1\r\n-ERR x\r\n"),
