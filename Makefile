@@ -53,13 +53,20 @@ clean: ## Remove build output
 .PHONY: soak valgrind
 SEED ?= $(shell date +%s)
 DURATION ?= 60
+# The hostile-operations test under `make soak`: steps per sequence, and how
+# many replays a failure may spend on finding a shorter failing sequence.
+HOSTILE_STEPS ?= 200
+HOSTILE_SHRINK ?= 60
 
-soak: deps ## Fault scenarios for longer: make soak SEED=42 DURATION=300 (seconds per scenario)
+soak: deps ## Fault scenarios, fuzzing and hostile server operations for longer: make soak SEED=42 DURATION=300 (seconds per scenario and flavor)
 	$(CARGO) build -p redis-lock
 	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) FAULTS_SEED=$(SEED) FAULTS_DURATION=$(DURATION) \
 		$(CARGO) test -p redis-lock-client --test faults -- --nocapture --test-threads=1
 	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) FUZZ_SEED=$(SEED) FUZZ_DURATION=$(DURATION) \
 		$(CARGO) test -p redis-lock --test fuzz -- --nocapture --test-threads=1
+	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) HOSTILE_SEED=$(SEED) HOSTILE_DURATION=$(DURATION) \
+		HOSTILE_STEPS=$(HOSTILE_STEPS) HOSTILE_SHRINK=$(HOSTILE_SHRINK) \
+		$(CARGO) test -p redis-lock --test hostile -- --nocapture --test-threads=1
 
-valgrind: deps ## The module's integration tests once with redis-server under valgrind (slow)
+valgrind: deps ## The integration tests (waiting paths, a hostile seed) under valgrind; counts leaked blocked-client handles (slow)
 	@bash scripts/valgrind.sh

@@ -30,6 +30,8 @@ pub mod history;
 pub mod lockcmd;
 mod lockutil;
 pub mod proxy;
+pub mod resp;
+mod rng;
 mod server;
 
 use std::env;
@@ -47,6 +49,7 @@ pub use lockutil::{
 };
 pub use proxy::{Mode as ProxyMode, Proxy};
 pub use redis;
+pub use rng::Rng;
 pub use server::{Server, ServerBuilder};
 
 /// The module to load: `REDIS_LOCK_MODULE` if set, else `libredis_lock.so` in the workspace's
