@@ -376,7 +376,6 @@ fn a_node_at_maxclients_is_reported_with_the_servers_message() {
 /// The nodes' own hold limit (`lock.max-hold-ms`) ends the lease: reported
 /// as such, not as "no longer held".
 #[test]
-#[ignore = "needs LOCK.EXTEND -1 (module change in main)"]
 fn the_nodes_hold_limit_is_reported_as_such() {
     let set = NodeSet::start(3, testkit::first_flavor());
     for s in &set.nodes {
