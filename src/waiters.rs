@@ -70,6 +70,18 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
+impl State {
+    /// Take a waiter out of its queue and of the handle map; the one way a
+    /// waiter leaves (grant, timeout, disconnect), so it leaves once.
+    fn take(&mut self, waiter: Option<Waiter>) -> Option<Waiter> {
+        if let Some(w) = &waiter {
+            self.ids.remove(&(w.bc.0 as usize));
+        }
+        update_total(self);
+        waiter
+    }
+}
+
 fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
     f(guard.get_or_insert_with(State::default))
@@ -178,13 +190,9 @@ pub fn block(
 /// waiter in line, if any, and wake that client with its fencing token.
 pub fn hand_over(ctx: &Context, db: i32, name: &RedisString, key: &RedisKeyWritable) {
     let id: KeyId = (db, name.as_slice().to_vec());
-    let Some((_, waiter)) = with(|s| {
-        let next = s.queues.pop_front(&id);
-        if let Some((_, w)) = &next {
-            s.ids.remove(&(w.bc.0 as usize));
-        }
-        update_total(s);
-        next
+    let Some(waiter) = with(|s| {
+        let next = s.queues.pop_front(&id).map(|(_, w)| w);
+        s.take(next)
     }) else {
         return;
     };
@@ -310,11 +318,7 @@ unsafe extern "C" fn wait_timeout_cb(_ctx: *mut raw::RedisModuleCtx, data: *mut 
         let id = data as usize as u64;
         let waiter = with(|s| {
             let waiter = s.queues.remove(id);
-            if let Some(w) = &waiter {
-                s.ids.remove(&(w.bc.0 as usize));
-            }
-            update_total(s);
-            waiter
+            s.take(waiter)
         });
         if let Some(waiter) = waiter {
             bump(&stats::WAIT_TIMEOUTS);
@@ -345,8 +349,7 @@ unsafe extern "C" fn disconnect_cb(
                 .ids
                 .remove(&(bc as usize))
                 .and_then(|id| s.queues.remove(id));
-            update_total(s);
-            waiter
+            s.take(waiter)
         });
         if let Some(waiter) = waiter {
             if let Some(timer) = waiter.timer {
