@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// `lock.max-ttl-ms`: the longest lease a client may ask for.
-pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
+pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(crate::settings::MAX_TTL_MS.default);
 
 /// `lock.max-hold-ms`: the longest a grant may be held, extensions
 /// included, unless `MAXHOLD` asks for less. 0: no bound.
@@ -39,8 +39,33 @@ static PROMOTED_AT: AtomicU64 = AtomicU64::new(0);
 /// Whether `appendonly` was `yes` when the module was loaded.
 static DURABLE_AT_LOAD: AtomicBool = AtomicBool::new(false);
 
-/// Record at load whether the server keeps its grants in an AOF (the
-/// automatic delayed rejoin is off then), and log the delay that applies.
+/// Whether the start-up load brought the module's state back.
+static STATE_LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Open from the module's load until the server's event loop first runs,
+/// which is after it has loaded its data from disk: only that load counts
+/// as "the node came back with its state" (not a later `DEBUG RELOAD`, a
+/// full sync or a `RESTORE`).
+static START_LOAD_OPEN: AtomicBool = AtomicBool::new(true);
+
+/// The module's state (its fencing counter, a lock, a `LOCK.LOAD` replayed
+/// from the AOF) was read while the server loaded its data at start-up.
+pub fn note_state_loaded() {
+    if START_LOAD_OPEN.load(Ordering::Relaxed) && ffi::server_loading() {
+        STATE_LOADED.store(true, Ordering::Relaxed);
+    }
+}
+
+fn restart() -> rejoin::Restart {
+    rejoin::Restart {
+        aof: DURABLE_AT_LOAD.load(Ordering::Relaxed),
+        state_loaded: STATE_LOADED.load(Ordering::Relaxed),
+    }
+}
+
+/// Record at load whether the server keeps its grants in an AOF; once the
+/// start-up load is over (the first turn of the event loop), log the delay
+/// that applies.
 pub fn init_rejoin(ctx: &Context) {
     let text = |v: &RedisValue| match v {
         RedisValue::SimpleString(s) | RedisValue::BulkString(s) => s.clone(),
@@ -55,20 +80,29 @@ pub fn init_rejoin(ctx: &Context) {
         _ => false,
     };
     DURABLE_AT_LOAD.store(durable, Ordering::Relaxed);
-    let delay = rejoin_delay_ms();
-    if delay > 0 {
-        ctx.log_notice(&format!(
-            "lock: delayed rejoin: new grants are refused for {delay} ms after start-up \
-             (lock.rejoin-delay-ms; appendonly {})",
-            if durable { "yes" } else { "no" }
-        ));
-    }
+    ctx.create_timer(std::time::Duration::ZERO, start_load_over, ());
+}
+
+fn start_load_over(ctx: &Context, (): ()) {
+    ffi::guard((), || {
+        START_LOAD_OPEN.store(false, Ordering::Relaxed);
+        if let Some(left) =
+            rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(clock::now()))
+        {
+            ctx.log_notice(&format!(
+                "lock: delayed rejoin: new grants are refused for another {left} ms \
+                 (lock.rejoin-delay-ms; {}); if this node is new, end it with \
+                 CONFIG SET lock.rejoin-delay-ms 0",
+                restart().reason()
+            ));
+        }
+    });
 }
 
 fn rejoin_delay_ms() -> u64 {
     rejoin::delay_ms(
         REJOIN_DELAY_MS.load(Ordering::Relaxed),
-        DURABLE_AT_LOAD.load(Ordering::Relaxed),
+        restart(),
         max_ttl_ms(),
     )
 }
@@ -419,6 +453,9 @@ pub fn load(ctx: &Context, req: &Request) -> RedisResult {
     }
     let slot = open(ctx, req)?;
     node::with(|n| n.fences.observe(lock.fence));
+    if replay {
+        note_state_loaded();
+    }
     store(ctx, slot, lock, now)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
@@ -431,6 +468,7 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
         return;
     }
     let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    ctx.add_info_field_str("version", crate::version::VERSION);
     ctx.add_info_field_long_long("locks", stats::LOCKS.load(Ordering::Relaxed));
     for (name, value) in stats::counters() {
         ctx.add_info_field_long_long(&name.to_ascii_lowercase(), int(value));
@@ -443,6 +481,7 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
     let rejoin_left =
         rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(now)).unwrap_or(0);
     ctx.add_info_field_long_long("rejoin_delay_left_ms", int(rejoin_left));
+    ctx.add_info_field_str("rejoin_restart", restart().reason());
     let promotion_left = promotion_left_ms(now).unwrap_or(0);
     ctx.add_info_field_long_long("promotion_delay_left_ms", int(promotion_left));
 }

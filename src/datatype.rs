@@ -74,6 +74,7 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
             }
             Ok(lock) => {
                 node::with(|n| n.fences.observe(lock.fence));
+                crate::commands::note_state_loaded();
                 stats::LOCKS.fetch_add(1, Relaxed);
                 Box::into_raw(Box::new(lock)).cast()
             }
@@ -189,6 +190,7 @@ unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, _encver: c_int, when
         match raw::load_unsigned(rdb) {
             Ok(last) => {
                 node::with(|n| n.fences.observe(last));
+                crate::commands::note_state_loaded();
                 raw::REDISMODULE_OK as c_int
             }
             Err(_) => raw::REDISMODULE_ERR as c_int,

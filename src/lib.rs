@@ -26,6 +26,7 @@ pub mod lock;
 pub mod queue;
 pub mod rejoin;
 pub mod settings;
+pub mod version;
 
 #[cfg(all(feature = "module", not(test)))]
 mod commands;
@@ -229,7 +230,7 @@ mod module {
 
     redis_module! {
         name: "lock",
-        version: 1,
+        version: crate::version::MODULE_VERSION,
         allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
         data_types: [LOCK_TYPE],
         init: init,

@@ -18,7 +18,10 @@ pub struct Setting {
 
 pub const MAX_TTL_MS: Setting = Setting {
     name: "max-ttl-ms",
-    default: 86_400_000,
+    // Five minutes: leases are renewed every third of their TTL, so a long
+    // job needs no long TTL, and this is also how long a node restarted
+    // without its grants refuses new ones.
+    default: 300_000,
     min: 1,
     max: TTL_CEILING_MS,
 };

@@ -363,6 +363,25 @@ impl Server {
         self.start_again();
     }
 
+    /// SIGKILL, delete its data (the RDB and the AOF directory, as a wiped
+    /// disk or a container without a volume would), then start again with
+    /// the same dir, port and arguments.
+    pub fn restart_wiped(&mut self) {
+        self.kill();
+        let entries = fs::read_dir(&self.dir_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.dir_path.display()));
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "appendonlydir" || name.starts_with("appendonly.aof") {
+                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            } else if name.ends_with(".rdb") {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        self.start_again();
+    }
+
     /// `SHUTDOWN SAVE` (`SHUTDOWN NOSAVE` when neither RDB nor AOF is on) and wait for the exit.
     pub fn shutdown_save(&mut self) {
         assert!(
