@@ -4,7 +4,8 @@ CARGO ?= cargo
 MODULE_DEBUG := target/debug/libredis_lock.so
 MODULE_RELEASE := target/release/libredis_lock.so
 
-.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client bench-handover clean
+.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client bench-handover clean dist install uninstall package
+PREFIX ?= /usr/local
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +49,18 @@ bench-client: deps release ## Acquire+release latency of the quorum client on 1 
 
 bench-handover: deps release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
 	@bash scripts/bench-handover.sh
+
+dist: release ## Release tarball with the module, the tool, man page, completions, docs, licences; and dist/SHA256SUMS
+	@bash scripts/dist.sh dist
+
+install: release ## Install under PREFIX (default /usr/local): module in lib/redis/modules, tool in bin, man page
+	@PREFIX=$(PREFIX) bash scripts/dist.sh install
+
+uninstall: ## Remove what `make install PREFIX=...` installed
+	@PREFIX=$(PREFIX) bash scripts/dist.sh uninstall
+
+package: ## cargo package the module, the client and the tool (what crates.io would get)
+	$(CARGO) package --workspace --exclude testkit
 
 clean: ## Remove build output
 	$(CARGO) clean
