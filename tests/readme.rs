@@ -29,7 +29,10 @@ fn block(name: &str) -> Vec<&'static str> {
 }
 
 /// The server process (killed on drop) and its working dir.
-struct Killed(Child, tempfile::TempDir);
+struct Killed {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
 
 /// Run the README's `redis-server` line on a free port, with this build's
 /// module; wait until it answers.
@@ -48,7 +51,7 @@ fn start_as_written(start: &str) -> (Killed, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Killed(child, dir);
+    let server = Killed { child, _dir: dir };
     testkit::eventually(Duration::from_secs(10), "the server answers", || {
         Command::new("redis-cli")
             .args(["-p", &port, "PING"])
@@ -61,8 +64,8 @@ fn start_as_written(start: &str) -> (Killed, String) {
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
