@@ -1,6 +1,7 @@
 //! The README's first example, run as a new user would: the server line as
-//! written (on a free port instead of 7379, with the module this build made
-//! instead of the release `.so`), then every `$ redis-cli` line of the
+//! written (on a free port instead of 7379), from a checkout-like directory
+//! whose `target/release/libredis_lock.so` is the module this build made,
+//! then every `$ redis-cli` line of the
 //! session through a terminal (`script`, so redis-cli prints the way it does
 //! for a person), and each reply compared with the one the README shows.
 #![allow(
@@ -39,11 +40,12 @@ struct Killed {
 fn start_as_written(start: &str) -> (Killed, String) {
     let port = testkit::free_port().to_string();
     let module = testkit::module_path();
-    let line = start.replace(README_PORT, &port).replace(
-        "./target/release/libredis_lock.so",
-        &module.to_string_lossy(),
-    );
+    let line = start.replace(README_PORT, &port);
+    // Where the README's commands run: a checkout after `cargo build --release`.
     let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("target/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::os::unix::fs::symlink(&module, release.join("libredis_lock.so")).unwrap();
     let child = Command::new("bash")
         .args(["-c", &format!("exec {line}")])
         .current_dir(dir.path())
