@@ -215,13 +215,14 @@ fn store(ctx: &Context, slot: Slot, lock: Lock, now: Micros) -> Result<RedisStri
     match slot.lock {
         Some(stored) => {
             let payload = codec::encode(&lock, now);
-            let deadline = lock.deadline;
-            if stored.deadline != deadline {
-                // One index entry per lock, however often it is extended.
-                sweeper::untrack(ctx, slot.name.as_slice(), stored.deadline);
-            }
+            let (old, new) = (stored.deadline, lock.deadline);
             *stored = lock;
-            published(ctx, &slot.name, &payload, deadline);
+            published(ctx, &slot.name, &payload);
+            if old != new {
+                // One index entry per lock, however often it is extended.
+                sweeper::untrack(ctx, slot.name.as_slice(), old);
+                sweeper::track(ctx, ffi::selected_db(ctx), slot.name.as_slice(), new);
+            }
         }
         None => put_new(ctx, &slot.name, &slot.key, lock, now)?,
     }
@@ -241,15 +242,15 @@ pub fn put_new(
     key.set_value(&LOCK_TYPE, lock)
         .map_err(|_| RedisError::WrongType)?;
     stats::LOCKS.fetch_add(1, Ordering::Relaxed);
-    published(ctx, name, &payload, deadline);
+    published(ctx, name, &payload);
+    sweeper::track(ctx, ffi::selected_db(ctx), name.as_slice(), deadline);
     Ok(())
 }
 
-/// A stored lock changed: tell watchers, replicate it, index its deadline.
-fn published(ctx: &Context, name: &RedisString, payload: &[u8], deadline: Micros) {
+/// A stored lock changed: tell watchers and replicate it.
+fn published(ctx: &Context, name: &RedisString, payload: &[u8]) {
     ffi::signal_modified(ctx, name);
     ffi::replicate_load(ctx, name, payload);
-    sweeper::track(ctx, ffi::selected_db(ctx), name.as_slice(), deadline);
 }
 
 /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms] [WAIT ms]`
@@ -352,7 +353,7 @@ pub fn release(ctx: &Context, req: &Request) -> RedisResult {
     let now = clock::now();
     let held_by_other = slot
         .current()
-        .is_some_and(|l| l.is_live(now) && l.owner.as_slice() != parsed.token);
+        .is_some_and(|l| l.is_live(now) && l.owner() != parsed.token);
     let out = lock::release(slot.current(), parsed.token, now);
     let released = slot.apply(ctx, out, now, c"lock.released")?;
     if released {

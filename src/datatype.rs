@@ -19,7 +19,7 @@ pub static LOCK_TYPE: RedisType = RedisType::new(
         rdb_load: Some(rdb_load),
         rdb_save: Some(rdb_save),
         aof_rewrite: Some(aof_rewrite),
-        mem_usage: Some(mem_usage),
+        mem_usage: None,
         digest: Some(digest),
         free: Some(free),
         aux_load: Some(aux_load),
@@ -32,7 +32,7 @@ pub static LOCK_TYPE: RedisType = RedisType::new(
         defrag: None,
         copy2: None,
         free_effort2: None,
-        mem_usage2: None,
+        mem_usage2: Some(mem_usage),
         unlink2: None,
     },
 );
@@ -107,18 +107,29 @@ unsafe extern "C" fn aof_rewrite(
     });
 }
 
-unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
+/// What a lock costs the module: its allocation (rounded up to the
+/// allocator's size class), a token too long to sit inline, and the lock's
+/// entry in the expiry index, which holds the key's name (`MEMORY USAGE`
+/// adds the key's name and its dictionary entry). The server's own object
+/// header and module-value wrapper (32 bytes) are not the module's to
+/// report, as for any module type.
+unsafe extern "C" fn mem_usage(
+    ctx: *mut raw::RedisModuleKeyOptCtx,
+    value: *const c_void,
+    _sample_size: usize,
+) -> usize {
     ffi::guard(0, || {
-        // SAFETY: Redis passes a value of this type.
-        unsafe { lock_ref(value) }.map_or(0, |lock| {
-            std::mem::size_of::<Lock>()
-                + if lock.owner.spilled() {
-                    lock.owner.capacity()
-                } else {
-                    0
-                }
-                + crate::expiry::ExpiryIndex::entry_overhead(0)
-        })
+        // SAFETY: Redis passes a value of this type and its key context.
+        let (lock, key) = unsafe { (lock_ref(value), ffi::opt_ctx_key(ctx)) };
+        let Some(lock) = lock else { return 0 };
+        let (db, key_len) = key.unwrap_or((0, 0));
+        let spilled = match lock.spilled_bytes() {
+            0 => 0,
+            n => n.next_multiple_of(16),
+        };
+        std::mem::size_of::<Lock>().next_multiple_of(16)
+            + spilled
+            + node::with(|n| n.index.entry_cost(db, key_len))
     })
 }
 
@@ -131,11 +142,11 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
         unsafe {
             let Some(lock) = lock_ref(value) else { return };
             if let Some(add) = raw::RedisModule_DigestAddStringBuffer {
-                add(md, lock.owner.as_ptr().cast(), lock.owner.len());
+                add(md, lock.owner().as_ptr().cast(), lock.owner().len());
             }
             if let Some(add) = raw::RedisModule_DigestAddLongLong {
                 add(md, i64::try_from(lock.fence).unwrap_or(i64::MAX));
-                add(md, i64::try_from(lock.extensions).unwrap_or(i64::MAX));
+                add(md, i64::try_from(lock.extensions()).unwrap_or(i64::MAX));
             }
             if let Some(end) = raw::RedisModule_DigestEndSequence {
                 end(md);

@@ -525,3 +525,23 @@ pub fn stop_timer(ctx: &Context, id: u64) {
         }
     }
 }
+
+/// The database and the name's length of the key a type callback with a
+/// key context (`mem_usage2`) is about; `None` if the server gives none.
+///
+/// # Safety
+/// `ctx` must be the key context Redis passes to the callback.
+pub unsafe fn opt_ctx_key(ctx: *mut raw::RedisModuleKeyOptCtx) -> Option<(i32, usize)> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: per the caller's contract; the name is valid for the call.
+    unsafe {
+        let db = raw::RedisModule_GetDbIdFromOptCtx?(ctx);
+        let name = raw::RedisModule_GetKeyNameFromOptCtx?(ctx);
+        if name.is_null() {
+            return None;
+        }
+        Some((db, string_bytes(name).len()))
+    }
+}

@@ -6,43 +6,154 @@
 //! glue in `commands.rs` applies the change, replicates it and replies.
 
 use sha2::{Digest, Sha256};
-use smallvec::SmallVec;
 
 /// Microseconds on the module's monotonic clock (see `clock.rs`).
 pub type Micros = u64;
 
-/// A holder's token. Tokens up to 40 bytes (a 20-byte random token in hex)
-/// are stored inline in the lock, so checking the owner touches one
-/// allocation, not two.
-pub type Token = SmallVec<[u8; 40]>;
-
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 256;
 
-/// A held (or expired but not yet removed) lock.
+/// Tokens up to this many bytes (a 20-byte random token in hex) are stored
+/// inside the lock, so a lock is one allocation and checking the owner
+/// touches no other memory.
+pub const INLINE_TOKEN: usize = 40;
+
+/// The holder's token and the grant's extension count. They share one
+/// 48-byte field: a longer token's pointer gives the field 8-byte alignment,
+/// and the count fills what would otherwise be padding, so a whole [`Lock`]
+/// is 80 bytes (one allocator size class) with a 40-byte token inline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Holder {
+    Inline {
+        extensions: u32,
+        len: u8,
+        bytes: [u8; INLINE_TOKEN],
+    },
+    Spilled {
+        extensions: u32,
+        bytes: Box<[u8]>,
+    },
+}
+
+impl Holder {
+    fn new(token: &[u8], extensions: u32) -> Self {
+        match u8::try_from(token.len()) {
+            Ok(len) if token.len() <= INLINE_TOKEN => {
+                let mut bytes = [0; INLINE_TOKEN];
+                if let Some(head) = bytes.get_mut(..token.len()) {
+                    head.copy_from_slice(token);
+                }
+                Holder::Inline {
+                    extensions,
+                    len,
+                    bytes,
+                }
+            }
+            _ => Holder::Spilled {
+                extensions,
+                bytes: token.into(),
+            },
+        }
+    }
+
+    fn token(&self) -> &[u8] {
+        match self {
+            Holder::Inline { len, bytes, .. } => bytes.get(..usize::from(*len)).unwrap_or(bytes),
+            Holder::Spilled { bytes, .. } => bytes,
+        }
+    }
+
+    fn extensions(&self) -> u32 {
+        match self {
+            Holder::Inline { extensions, .. } | Holder::Spilled { extensions, .. } => *extensions,
+        }
+    }
+
+    fn set_extensions(&mut self, n: u32) {
+        match self {
+            Holder::Inline { extensions, .. } | Holder::Spilled { extensions, .. } => {
+                *extensions = n
+            }
+        }
+    }
+}
+
+/// `hold_limit` of a grant without one.
+const NO_HOLD_LIMIT: Micros = Micros::MAX;
+
+/// A held (or expired but not yet removed) lock. Fields are sized to their
+/// range: 80 bytes, one allocation, for a token of up to 40 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lock {
-    /// The holder's token: the capability to extend and release. Never printed.
-    pub owner: Token,
     /// The fencing token handed out with this grant.
     pub fence: u64,
     /// The lock is held while `now < deadline`.
     pub deadline: Micros,
     /// When this grant was made.
     pub acquired_at: Micros,
-    /// How many times `LOCK.EXTEND` renewed this grant.
-    pub extensions: u64,
-    /// The grant can never be held past this (`MAXHOLD`); `None`: no bound.
-    pub hold_limit: Option<Micros>,
+    /// The grant can never be held past this (`MAXHOLD`); [`NO_HOLD_LIMIT`]: no bound.
+    hold_limit: Micros,
+    /// The holder's token (the capability to extend and release; never
+    /// printed) and how many times `LOCK.EXTEND` renewed this grant.
+    holder: Holder,
 }
 
 impl Lock {
+    /// A grant to `owner`, not yet extended, without a hold limit.
+    pub fn new(owner: &[u8], fence: u64, deadline: Micros, acquired_at: Micros) -> Self {
+        Lock {
+            fence,
+            deadline,
+            acquired_at,
+            hold_limit: NO_HOLD_LIMIT,
+            holder: Holder::new(owner, 0),
+        }
+    }
+
+    /// The same lock with a hold limit (`None`: no bound).
+    pub fn with_hold_limit(mut self, limit: Option<Micros>) -> Self {
+        // A limit of u64::MAX microseconds (half a million years) is no bound.
+        self.hold_limit = limit.unwrap_or(NO_HOLD_LIMIT);
+        self
+    }
+
+    /// The same lock, extended `n` times (counted up to `u32::MAX`).
+    pub fn with_extensions(mut self, n: u64) -> Self {
+        self.holder
+            .set_extensions(u32::try_from(n).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// The holder's token.
+    pub fn owner(&self) -> &[u8] {
+        self.holder.token()
+    }
+
+    /// How many times `LOCK.EXTEND` renewed this grant.
+    pub fn extensions(&self) -> u64 {
+        u64::from(self.holder.extensions())
+    }
+
+    /// The grant can never be held past this (`MAXHOLD`); `None`: no bound.
+    pub fn hold_limit(&self) -> Option<Micros> {
+        (self.hold_limit != NO_HOLD_LIMIT).then_some(self.hold_limit)
+    }
+
+    /// Heap bytes the lock holds besides its own allocation (a token longer
+    /// than [`INLINE_TOKEN`]).
+    pub fn spilled_bytes(&self) -> usize {
+        match &self.holder {
+            Holder::Inline { .. } => 0,
+            Holder::Spilled { bytes, .. } => bytes.len(),
+        }
+    }
+
     pub fn is_live(&self, now: Micros) -> bool {
         now < self.deadline
     }
 
     pub fn is_held_by(&self, token: &[u8], now: Micros) -> bool {
-        self.is_live(now) && self.owner.as_slice() == token
+        self.is_live(now) && self.owner() == token
     }
 
     pub fn remaining(&self, now: Micros) -> Micros {
@@ -51,6 +162,11 @@ impl Lock {
 
     pub fn held_for(&self, now: Micros) -> Micros {
         now.saturating_sub(self.acquired_at)
+    }
+
+    /// Whether a deadline would pass the grant's hold limit.
+    fn past_hold_limit(&self, deadline: Micros) -> bool {
+        self.hold_limit().is_some_and(|limit| deadline > limit)
     }
 }
 
@@ -165,7 +281,7 @@ pub fn acquire(
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
         Some(lock) if lock.is_held_by(req.token, now) => {
-            if lock.hold_limit.is_some_and(|limit| deadline > limit) {
+            if lock.past_hold_limit(deadline) {
                 (Acquired::HoldLimit, Change::Keep)
             } else {
                 // A retry of our own grant (e.g. after a lost reply): same
@@ -185,14 +301,8 @@ pub fn acquire(
             Some(next) => {
                 let fence = next.max(req.fence_floor);
                 fences.observe(fence);
-                let lock = Lock {
-                    owner: Token::from_slice(req.token),
-                    fence,
-                    deadline,
-                    acquired_at: now,
-                    extensions: 0,
-                    hold_limit: req.max_hold.map(|m| now.saturating_add(m)),
-                };
+                let lock = Lock::new(req.token, fence, deadline, now)
+                    .with_hold_limit(req.max_hold.map(|m| now.saturating_add(m)));
                 (Acquired::Granted(fence), Change::Put(lock))
             }
             None => (Acquired::FencesExhausted, Change::Keep),
@@ -237,14 +347,14 @@ pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) ->
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
         Some(lock) if lock.is_held_by(token, now) => {
-            if lock.hold_limit.is_some_and(|limit| deadline > limit) {
+            if lock.past_hold_limit(deadline) {
                 (Extended::HoldLimit, Change::Keep)
             } else {
                 let lock = Lock {
                     deadline,
-                    extensions: lock.extensions.saturating_add(1),
                     ..lock.clone()
-                };
+                }
+                .with_extensions(lock.extensions().saturating_add(1));
                 (Extended::Extended, Change::Put(lock))
             }
         }
@@ -295,10 +405,10 @@ pub fn view(current: Option<&Lock>, now: Micros) -> Option<View> {
         ttl_ms: lock.remaining(now).div_ceil(1000),
         fence: lock.fence,
         acquired_ms: lock.held_for(now) / 1000,
-        extensions: lock.extensions,
-        owner: fingerprint(&lock.owner),
+        extensions: lock.extensions(),
+        owner: fingerprint(lock.owner()),
         hold_left_ms: lock
-            .hold_limit
+            .hold_limit()
             .map(|limit| limit.saturating_sub(now) / 1000),
     })
 }

@@ -14,7 +14,7 @@
 //! blocked-client handle. (So `CLIENT UNBLOCK` does not end a lock wait: it
 //! replies 0, as for any module command without a timeout callback.)
 
-use crate::lock::{self, AcquireRequest, Acquired, Change, Micros, Token};
+use crate::lock::{self, AcquireRequest, Acquired, Change, Micros};
 use crate::queue::{KeyId, WaitQueues};
 use crate::stats::{self, bump};
 use crate::{clock, commands, ffi, node};
@@ -29,7 +29,7 @@ use std::time::Duration;
 /// What a queued client asked for.
 pub struct Waiter {
     bc: BlockedClient,
-    token: Token,
+    token: Box<[u8]>,
     ttl: Micros,
     fence_floor: u64,
     max_hold: Option<Micros>,
@@ -157,7 +157,7 @@ pub fn block(
     }
     let waiter = Waiter {
         bc: BlockedClient(bc),
-        token: Token::from_slice(req.token),
+        token: req.token.into(),
         ttl: req.ttl,
         fence_floor: req.fence_floor,
         max_hold: req.max_hold,

@@ -8,14 +8,7 @@ const A: &[u8] = b"token-a";
 const B: &[u8] = b"token-b";
 
 fn held(owner: &[u8], fence: u64, deadline: Micros) -> Lock {
-    Lock {
-        owner: owner.into(),
-        fence,
-        deadline,
-        acquired_at: 100,
-        extensions: 0,
-        hold_limit: None,
-    }
+    Lock::new(owner, fence, deadline, 100)
 }
 
 fn req(token: &[u8], ttl: Micros) -> AcquireRequest<'_> {
@@ -91,7 +84,7 @@ fn acquire_table() {
         match (&out.change, case.deadline) {
             (Change::Put(lock), Some(deadline)) => {
                 assert_eq!(lock.deadline, deadline, "{}", case.name);
-                assert_eq!(lock.owner.as_slice(), case.token, "{}", case.name);
+                assert_eq!(lock.owner(), case.token, "{}", case.name);
             }
             (Change::Keep, None) => {}
             (change, _) => panic!("{}: unexpected change {change:?}", case.name),
@@ -102,20 +95,18 @@ fn acquire_table() {
 #[test]
 fn a_new_grant_resets_acquisition_time_and_extensions() {
     let mut fences = FenceCounter::default();
-    let mut old = held(A, 1, 10);
-    old.extensions = 4;
+    let old = held(A, 1, 10).with_extensions(4);
     let out = acquire(Some(&old), &req(B, 100), 50, &mut fences);
     let Change::Put(lock) = out.change else {
         panic!("expected a grant")
     };
-    assert_eq!((lock.acquired_at, lock.extensions), (50, 0));
+    assert_eq!((lock.acquired_at, lock.extensions()), (50, 0));
 }
 
 #[test]
 fn re_acquire_keeps_acquisition_time_and_extensions() {
     let mut fences = FenceCounter::default();
-    let mut old = held(A, 1, 1_000);
-    old.extensions = 4;
+    let old = held(A, 1, 1_000).with_extensions(4);
     let out = acquire(Some(&old), &req(A, 100), 50, &mut fences);
     assert_eq!(
         out.change,
@@ -144,11 +135,13 @@ fn extend_table() {
             A,
             99,
             Extended::Extended,
-            Change::Put(Lock {
-                deadline: 149,
-                extensions: 1,
-                ..held(A, 2, 100)
-            }),
+            Change::Put(
+                Lock {
+                    deadline: 149,
+                    ..held(A, 2, 100)
+                }
+                .with_extensions(1),
+            ),
         ),
         (
             "another token cannot extend",
@@ -218,14 +211,9 @@ fn release_table() {
 
 #[test]
 fn view_rounds_ttl_up_and_hides_the_token() {
-    let lock = Lock {
-        owner: b"secret"[..].into(),
-        fence: 9,
-        deadline: 10_001,
-        acquired_at: 1_000,
-        extensions: 2,
-        hold_limit: Some(20_000),
-    };
+    let lock = Lock::new(b"secret", 9, 10_001, 1_000)
+        .with_extensions(2)
+        .with_hold_limit(Some(20_000));
     let v = view(Some(&lock), 5_999).expect("live");
     assert_eq!(v.ttl_ms, 5, "4002 us left shows as 5 ms");
     assert_eq!(v.acquired_ms, 4);
@@ -391,7 +379,7 @@ fn the_hold_limit_bounds_extensions_and_refreshes() {
     let Change::Put(lock) = out.change else {
         panic!()
     };
-    assert_eq!(lock.hold_limit, Some(1_000));
+    assert_eq!(lock.hold_limit(), Some(1_000));
     let out = extend(Some(&lock), A, 400, 300);
     assert_eq!(
         out.reply,
@@ -590,4 +578,22 @@ fn apply(slot: &mut Option<Lock>, change: Change) {
         Change::Put(lock) => *slot = Some(lock),
         Change::Remove => *slot = None,
     }
+}
+
+#[test]
+fn a_lock_is_one_80_byte_allocation_with_a_40_byte_token() {
+    assert_eq!(std::mem::size_of::<Lock>(), 80);
+    let token = [7u8; INLINE_TOKEN];
+    let lock = Lock::new(&token, 1, 2, 3);
+    assert_eq!((lock.owner(), lock.spilled_bytes()), (&token[..], 0));
+    let long = [9u8; MAX_TOKEN_LEN];
+    let lock = Lock::new(&long, 1, 2, 3).with_extensions(u64::MAX);
+    assert_eq!(lock.owner(), &long[..]);
+    assert_eq!(lock.spilled_bytes(), MAX_TOKEN_LEN);
+    assert_eq!(
+        lock.extensions(),
+        u64::from(u32::MAX),
+        "the count saturates"
+    );
+    assert_eq!(lock.hold_limit(), None);
 }
