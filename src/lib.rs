@@ -1,11 +1,33 @@
 //! redis-lock: distributed locks as a server-side Redis module.
 //!
-//! The pure core (`lock`, `codec`, `args`, `expiry`) knows nothing of Redis
-//! and is tested without a server. The glue (`commands`, `datatype`,
-//! `sweeper`, `ffi`) is compiled only into the loadable module.
+//! Three folders, one per kind of code:
 //!
-//! This file is registration only: the type, the commands with their key
-//! specs, the settings, the event subscriptions and the panic hook.
+//! ```text
+//! src/lib.rs              registration only: the type, the commands with their key
+//!                         specs, the settings, the event subscriptions, the panic hook
+//! src/pure/               the core: knows nothing of Redis, tested without a server
+//!   lock.rs               the lock state machine: (lock, request, now) -> (reply, change)
+//!   lock/tests.rs         its table tests and the property test against a model
+//!   codec.rs              the versioned encoding of a lock (RDB, AOF, replication)
+//!   args.rs               argument parsing and validation into typed requests
+//!   expiry.rs             the expiry index: which key's lock ends when
+//!   queue.rs              the wait queues per key, in ticket order
+//!   rejoin.rs             the delayed rejoin and promotion delay arithmetic
+//!   settings.rs           the module's settings and their bounds
+//!   clock.rs              the monotonic clock in microseconds
+//! src/server/             the Redis glue: compiled only into the loadable module
+//!   commands.rs           one thin function per command: parse, open, decide, apply, reply
+//!   keys.rs               the key operations every path shares: store a lock, end one
+//!                         (delete, notify, replicate), hand a freed lock to its next waiter
+//!   waiters.rs            the blocked clients of `WAIT`, their timeouts and disconnections
+//!   sweeper.rs            the timer that ends locks at their deadline; keyspace events
+//!   datatype.rs           the `redislock` type's callbacks (rdb, aof, copy, digest, memory)
+//!   state.rs              the module's node-wide state: fencing counter, index, timer
+//!   stats.rs              the counters of `INFO lock`
+//!   resetstat.rs          `CONFIG RESETSTAT` resets the module's counters too
+//! src/ffi/                every raw `RedisModule_*` call and every `unsafe` block,
+//!   mod.rs                behind small safe functions and types; the panic barrier
+//! ```
 
 // Unit tests may unwrap and index; module code may not (see [workspace.lints]).
 #![cfg_attr(
@@ -18,38 +40,21 @@
     )
 )]
 
-pub mod args;
-pub mod clock;
-pub mod codec;
-pub mod expiry;
-pub mod lock;
-pub mod queue;
-pub mod rejoin;
-pub mod settings;
+pub mod pure;
 
-#[cfg(all(feature = "module", not(test)))]
-mod commands;
-#[cfg(all(feature = "module", not(test)))]
-mod datatype;
 #[cfg(all(feature = "module", not(test)))]
 mod ffi;
 #[cfg(all(feature = "module", not(test)))]
-mod node;
-#[cfg(all(feature = "module", not(test)))]
-mod resetstat;
-#[cfg(all(feature = "module", not(test)))]
-mod stats;
-#[cfg(all(feature = "module", not(test)))]
-mod sweeper;
-#[cfg(all(feature = "module", not(test)))]
-mod waiters;
+mod server;
 
 #[cfg(all(feature = "module", not(test)))]
 mod module {
-    use crate::datatype::LOCK_TYPE;
+    use crate::command_entry;
     use crate::ffi::{self, CommandSpec};
-    use crate::settings::{self, Setting};
-    use crate::{clock, command_entry, commands, node, resetstat, sweeper};
+    use crate::pure::clock;
+    use crate::pure::settings::{self, Setting};
+    use crate::server::datatype::LOCK_TYPE;
+    use crate::server::{commands, resetstat, state, sweeper, waiters};
     use redis_module::configuration::ConfigurationFlags;
     use redis_module::{logging, raw, redis_module, Context, RedisString, Status};
     use std::sync::atomic::{AtomicI64, Ordering};
@@ -173,8 +178,8 @@ mod module {
         // that lost its data resumes above every token it handed out before,
         // unless its clock went backwards. Persisted counters raise it further.
         let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
-        node::with(|n| n.fences.observe(wall_micros));
-        crate::waiters::init_clock(wall_micros);
+        state::with(|n| n.fences.observe(wall_micros));
+        waiters::init_clock(wall_micros);
         commands::init_rejoin(ctx);
         let with_lock_category = ffi::add_acl_category(raw_ctx);
         for spec in command_specs(with_lock_category) {

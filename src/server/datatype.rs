@@ -2,8 +2,10 @@
 //! thin: encoding and decoding live in `codec.rs`, and every callback runs
 //! behind the panic barrier.
 
-use crate::lock::Lock;
-use crate::{clock, codec, ffi, node, stats};
+use crate::ffi;
+use crate::pure::lock::Lock;
+use crate::pure::{clock, codec};
+use crate::server::{state, stats};
 use redis_module::native_types::RedisType;
 use redis_module::{logging, raw};
 use std::ffi::{c_int, c_void};
@@ -41,7 +43,7 @@ pub static LOCK_TYPE: RedisType = RedisType::new(
 /// counter's headroom").
 fn fence_ceiling() -> u64 {
     let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
-    node::with(|n| crate::lock::fence_ceiling(n.fences.last(), wall_micros))
+    state::with(|n| crate::pure::lock::fence_ceiling(n.fences.last(), wall_micros))
 }
 
 /// # Safety
@@ -73,7 +75,7 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
                 ptr::null_mut()
             }
             Ok(lock) => {
-                node::with(|n| n.fences.observe(lock.fence));
+                state::with(|n| n.fences.observe(lock.fence));
                 stats::LOCKS.fetch_add(1, Relaxed);
                 Box::into_raw(Box::new(lock)).cast()
             }
@@ -129,7 +131,7 @@ unsafe extern "C" fn mem_usage(
         };
         std::mem::size_of::<Lock>().next_multiple_of(16)
             + spilled
-            + node::with(|n| n.index.entry_cost(db, key_len))
+            + state::with(|n| n.index.entry_cost(db, key_len))
     })
 }
 
@@ -187,7 +189,7 @@ unsafe extern "C" fn copy(
 unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
     ffi::guard((), || {
         if when == raw::REDISMODULE_AUX_BEFORE_RDB as c_int {
-            raw::save_unsigned(rdb, node::with(|n| n.fences.last()));
+            raw::save_unsigned(rdb, state::with(|n| n.fences.last()));
         }
     });
 }
@@ -199,7 +201,7 @@ unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, _encver: c_int, when
         }
         match raw::load_unsigned(rdb) {
             Ok(last) => {
-                node::with(|n| n.fences.observe(last));
+                state::with(|n| n.fences.observe(last));
                 raw::REDISMODULE_OK as c_int
             }
             Err(_) => raw::REDISMODULE_ERR as c_int,

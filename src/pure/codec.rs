@@ -21,7 +21,7 @@
 //! ```
 //! Version 1 (read only) is the same without the hold-left field.
 
-use crate::lock::{Lock, Micros, MAX_FENCE, MAX_TOKEN_LEN};
+use crate::pure::lock::{Lock, Micros, MAX_FENCE, MAX_TOKEN_LEN};
 use std::fmt;
 
 /// The encoding written by this build. Also the module type's encoding

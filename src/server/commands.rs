@@ -1,13 +1,14 @@
 //! One thin function per command: parse, open the key, call the state
 //! machine, apply its change (store, signal, replicate, index), reply.
 
-use crate::args::{self, ArgError};
-use crate::codec;
-use crate::datatype::LOCK_TYPE;
 use crate::ffi::{self, Request};
-use crate::lock::{self, AcquireRequest, Acquired, Change, Extended, Lock, Micros};
-use crate::stats::{self, bump};
-use crate::{clock, node, rejoin, sweeper, waiters};
+use crate::pure::args::{self, ArgError};
+use crate::pure::codec;
+use crate::pure::lock::{self, AcquireRequest, Acquired, Change, Extended, Lock, Micros};
+use crate::pure::{clock, rejoin};
+use crate::server::datatype::LOCK_TYPE;
+use crate::server::stats::{self, bump};
+use crate::server::{state, sweeper, waiters};
 use redis_module::key::RedisKeyWritable;
 use redis_module::redisvalue::RedisValueKey;
 use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
@@ -142,7 +143,7 @@ fn refuse_on_replica(ctx: &Context) -> Result<(), RedisError> {
 /// "The counter's headroom").
 fn fence_ceiling() -> u64 {
     let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
-    node::with(|n| lock::fence_ceiling(n.fences.last(), wall_micros))
+    state::with(|n| lock::fence_ceiling(n.fences.last(), wall_micros))
 }
 
 fn arg_error(e: ArgError) -> RedisError {
@@ -290,7 +291,7 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     let refresh = slot
         .current()
         .is_some_and(|l| l.is_held_by(parsed.token, now));
-    let out = node::with(|n| lock::acquire(slot.current(), &request, now, &mut n.fences));
+    let out = state::with(|n| lock::acquire(slot.current(), &request, now, &mut n.fences));
     match slot.apply(ctx, out, now, c"lock.acquired")? {
         Acquired::Granted(fence) => {
             bump(if refresh {
@@ -419,7 +420,7 @@ pub fn load(ctx: &Context, req: &Request) -> RedisResult {
         args::loaded_fence(lock.fence, fence_ceiling()).map_err(arg_error)?;
     }
     let slot = open(ctx, req)?;
-    node::with(|n| n.fences.observe(lock.fence));
+    state::with(|n| n.fences.observe(lock.fence));
     store(ctx, slot, lock, now)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
@@ -436,7 +437,7 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
     for (name, value) in stats::counters() {
         ctx.add_info_field_long_long(&name.to_ascii_lowercase(), int(value));
     }
-    let (fence, indexed) = node::with(|n| (n.fences.last(), n.index.len()));
+    let (fence, indexed) = state::with(|n| (n.fences.last(), n.index.len()));
     ctx.add_info_field_long_long("fence_counter", int(fence));
     ctx.add_info_field_long_long("expiry_index_entries", int(indexed as u64));
     ctx.add_info_field_long_long("waiters", int(waiters::total() as u64));

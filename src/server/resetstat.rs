@@ -5,7 +5,8 @@
 //! server really reset its statistics (the command may have been refused,
 //! e.g. by ACL): `total_commands_processed` went down.
 
-use crate::{ffi, stats};
+use crate::ffi;
+use crate::server::stats;
 use redis_module::{raw, Context};
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicPtr, Ordering};

@@ -14,10 +14,12 @@
 //! blocked-client handle. (So `CLIENT UNBLOCK` does not end a lock wait: it
 //! replies 0, as for any module command without a timeout callback.)
 
-use crate::lock::{self, AcquireRequest, Acquired, Change, Micros};
-use crate::queue::{KeyId, WaitQueues};
-use crate::stats::{self, bump};
-use crate::{clock, commands, ffi, node};
+use crate::ffi;
+use crate::pure::clock;
+use crate::pure::lock::{self, AcquireRequest, Acquired, Change, Micros};
+use crate::pure::queue::{KeyId, WaitQueues};
+use crate::server::stats::{self, bump};
+use crate::server::{commands, state};
 use redis_module::key::RedisKeyWritable;
 use redis_module::{raw, Context, RedisError, RedisString};
 use std::collections::HashMap;
@@ -206,7 +208,7 @@ pub fn hand_over(ctx: &Context, db: i32, name: &RedisString, key: &RedisKeyWrita
         fence_floor: waiter.fence_floor,
         max_hold: waiter.max_hold,
     };
-    let out = node::with(|n| lock::acquire(None, &req, now, &mut n.fences));
+    let out = state::with(|n| lock::acquire(None, &req, now, &mut n.fences));
     let reply = match (out.reply, out.change) {
         (Acquired::Granted(fence), Change::Put(lock)) => {
             match commands::put_new(ctx, name, key, lock, now) {
@@ -231,14 +233,14 @@ pub fn serve_if_free(ctx: &Context, db: i32, name: &RedisString) {
         return;
     }
     let key = ctx.open_key_writable(name);
-    let Ok(current) = key.get_value::<lock::Lock>(&crate::datatype::LOCK_TYPE) else {
+    let Ok(current) = key.get_value::<lock::Lock>(&crate::server::datatype::LOCK_TYPE) else {
         return; // another type now: leave the waiters to time out
     };
     let now = clock::now();
     match current {
         Some(lock) if lock.is_live(now) => {}
         Some(_) => {
-            crate::sweeper::remove(ctx, &key, name);
+            crate::server::sweeper::remove(ctx, &key, name);
             bump(&stats::EXPIRED);
             ffi::notify(ctx, c"lock.expired", name);
             hand_over(ctx, db, name, &key);
@@ -272,17 +274,17 @@ fn on_kick(ctx: &Context, (db, key): (i32, Vec<u8>)) {
         if waiting(db, &key) == 0 {
             return;
         }
-        match crate::sweeper::write_gate(ctx) {
-            crate::sweeper::Gate::Open => {
+        match crate::server::sweeper::write_gate(ctx) {
+            crate::server::sweeper::Gate::Open => {
                 let name = RedisString::create_from_slice(ctx.get_raw(), key.as_slice());
                 serve_if_free(ctx, db, &name);
             }
             // Paused or loading: look again shortly (the queue keeps its order).
-            crate::sweeper::Gate::Later => {
+            crate::server::sweeper::Gate::Later => {
                 ctx.create_timer(Duration::from_millis(RETRY_MS), on_kick, (db, key));
             }
             // A replica grants nothing; its waiters left when it was demoted.
-            crate::sweeper::Gate::Never => {}
+            crate::server::sweeper::Gate::Never => {}
         }
     });
 }

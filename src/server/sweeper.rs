@@ -6,9 +6,11 @@
 //! ends, as Redis holds back its own expiry. An ended lock is never live,
 //! so holding back its deletion never extends it.
 
-use crate::datatype::LOCK_TYPE;
-use crate::lock::{Lock, Micros};
-use crate::{clock, ffi, node};
+use crate::ffi;
+use crate::pure::clock;
+use crate::pure::lock::{Lock, Micros};
+use crate::server::datatype::LOCK_TYPE;
+use crate::server::state;
 use redis_module::{Context, ContextFlags, RedisString};
 use std::time::Duration;
 
@@ -45,7 +47,7 @@ pub fn write_gate(ctx: &Context) -> Gate {
 /// Record that `key` in `db` holds a lock ending at `deadline`, and make sure
 /// the timer fires by then.
 pub fn track(ctx: &Context, db: i32, key: &[u8], deadline: Micros) {
-    node::with(|n| n.index.insert(deadline, db, key));
+    state::with(|n| n.index.insert(deadline, db, key));
     arm(ctx);
 }
 
@@ -54,7 +56,7 @@ pub fn track(ctx: &Context, db: i32, key: &[u8], deadline: Micros) {
 /// then fire for nothing, which is harmless.
 pub fn untrack(ctx: &Context, key: &[u8], deadline: Micros) {
     let db = ffi::selected_db(ctx);
-    node::with(|n| n.index.remove(deadline, db, key));
+    state::with(|n| n.index.remove(deadline, db, key));
 }
 
 /// Arm the timer for the earliest deadline on record, unless it already
@@ -66,7 +68,7 @@ pub fn arm(ctx: &Context) {
 /// Arm the timer for the earliest deadline on record but not before
 /// `not_before`, unless it already fires by then.
 fn arm_not_before(ctx: &Context, not_before: Micros) {
-    let plan = node::with(|n| {
+    let plan = state::with(|n| {
         let next = n.index.next_deadline()?.max(not_before);
         match n.timer {
             Some((_, at)) if at <= next => None,
@@ -80,12 +82,12 @@ fn arm_not_before(ctx: &Context, not_before: Micros) {
     }
     let wait_ms = next.saturating_sub(clock::now()).div_ceil(1000);
     let id = ctx.create_timer(Duration::from_millis(wait_ms), on_timer, ());
-    node::with(|n| n.timer = Some((id, next)));
+    state::with(|n| n.timer = Some((id, next)));
 }
 
 fn on_timer(ctx: &Context, _: ()) {
     ffi::guard((), || {
-        node::with(|n| n.timer = None);
+        state::with(|n| n.timer = None);
         if ffi::writes_paused() {
             // A deletion now would be propagated while clients are paused,
             // which aborts the server: wait for the pause to end.
@@ -99,7 +101,7 @@ fn on_timer(ctx: &Context, _: ()) {
 
 fn sweep(ctx: &Context) {
     let now = clock::now();
-    let due = node::with(|n| n.index.pop_due(now, BATCH));
+    let due = state::with(|n| n.index.pop_due(now, BATCH));
     let may_delete = matches!(write_gate(ctx), Gate::Open);
     for entry in due {
         if !ffi::select_db(ctx, entry.db) {
@@ -114,15 +116,15 @@ fn sweep(ctx: &Context) {
         };
         if now < deadline {
             // Extended, or re-granted: look again at its current deadline.
-            node::with(|n| n.index.insert(deadline, entry.db, &entry.key));
+            state::with(|n| n.index.insert(deadline, entry.db, &entry.key));
         } else if may_delete {
             remove(ctx, &key, &name);
-            crate::stats::bump(&crate::stats::EXPIRED);
+            crate::server::stats::bump(&crate::server::stats::EXPIRED);
             ffi::notify(ctx, c"lock.expired", &name);
             // Expired: the first waiter gets it at the deadline.
-            crate::waiters::hand_over(ctx, entry.db, &name, &key);
+            crate::server::waiters::hand_over(ctx, entry.db, &name, &key);
         } else {
-            node::with(|n| {
+            state::with(|n| {
                 n.index
                     .insert(now.saturating_add(RECHECK), entry.db, &entry.key)
             });
@@ -158,7 +160,7 @@ pub unsafe extern "C" fn on_keyspace_event(
             "del" | "rename_from" | "move_from" | "expired" | "evicted"
         ) {
             // The key went away under its waiters: serve them.
-            crate::waiters::kick(&context, ffi::selected_db(&context), key);
+            crate::server::waiters::kick(&context, ffi::selected_db(&context), key);
             return 0;
         }
         if !matches!(
@@ -189,10 +191,10 @@ pub unsafe extern "C" fn on_swapdb(
     ffi::guard((), || {
         // SAFETY: Redis passes the SWAPDB event's info struct as `data`.
         if let Some((a, b)) = unsafe { ffi::swapdb_info(data) } {
-            node::with(|n| n.index.swap_db(a, b));
+            state::with(|n| n.index.swap_db(a, b));
             let context = Context::new(ctx);
-            crate::waiters::kick_db(&context, a);
-            crate::waiters::kick_db(&context, b);
+            crate::server::waiters::kick_db(&context, a);
+            crate::server::waiters::kick_db(&context, b);
         }
     });
 }
@@ -208,8 +210,8 @@ pub unsafe extern "C" fn on_flush(
     ffi::guard((), || {
         // SAFETY: Redis passes the FLUSHDB event's info struct as `data`.
         if let Some(db) = unsafe { ffi::flush_info(subevent, data) } {
-            node::with(|n| n.index.forget_db(db));
-            crate::waiters::kick_db(&Context::new(ctx), db);
+            state::with(|n| n.index.forget_db(db));
+            crate::server::waiters::kick_db(&Context::new(ctx), db);
         }
     });
 }

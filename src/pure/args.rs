@@ -2,7 +2,7 @@
 //! slices, returns the Redis error message (without the `ERR ` prefix) that
 //! names the argument at fault.
 
-use crate::lock::{MAX_FENCE, MAX_TOKEN_LEN};
+use crate::pure::lock::{MAX_FENCE, MAX_TOKEN_LEN};
 
 /// Largest `lock.max-ttl-ms` accepted: ten years. Keeps `ttl * 1000` and
 /// `now + ttl` far from overflow.
@@ -40,7 +40,7 @@ pub struct Limits {
     pub max_ttl_ms: i64,
     /// `lock.max-hold-ms`, 0: no bound.
     pub max_hold_ms: i64,
-    /// The largest `FENCE` floor accepted ([`crate::lock::fence_ceiling`]).
+    /// The largest `FENCE` floor accepted ([`crate::pure::lock::fence_ceiling`]).
     pub max_fence: u64,
 }
 

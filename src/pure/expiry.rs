@@ -21,7 +21,7 @@
 //! Finding one entry (an extension, a release) scans one bucket: the locks
 //! that end within the same [`BUCKET_MICROS`].
 
-use crate::lock::Micros;
+use crate::pure::lock::Micros;
 use std::collections::BTreeMap;
 
 /// Width of a bucket, as a power of two of microseconds (128 us).
