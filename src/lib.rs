@@ -50,6 +50,7 @@ mod server;
 #[cfg(all(feature = "module", not(test)))]
 mod module {
     use crate::command_entry;
+    use crate::ffi::events::ServerEvent;
     use crate::ffi::{self, CommandSpec};
     use crate::pure::clock;
     use crate::pure::settings::{self, Setting};
@@ -194,29 +195,10 @@ mod module {
             | raw::REDISMODULE_NOTIFY_LOADED
             | raw::REDISMODULE_NOTIFY_EXPIRED
             | raw::REDISMODULE_NOTIFY_EVICTED;
+        ffi::blocked::on_disconnect(waiters::disconnected);
         let subscribed =
-            ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
-                .and_then(|()| {
-                    ffi::subscribe_server_event(
-                        raw_ctx,
-                        raw::REDISMODULE_EVENT_SWAPDB,
-                        sweeper::on_swapdb,
-                    )
-                })
-                .and_then(|()| {
-                    ffi::subscribe_server_event(
-                        raw_ctx,
-                        raw::REDISMODULE_EVENT_FLUSHDB,
-                        sweeper::on_flush,
-                    )
-                })
-                .and_then(|()| {
-                    ffi::subscribe_server_event(
-                        raw_ctx,
-                        raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
-                        commands::on_role_changed,
-                    )
-                });
+            ffi::events::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
+                .and_then(|()| ffi::events::subscribe_server_events(raw_ctx, on_server_event));
         if let Err(e) = subscribed.and_then(|()| resetstat::install(raw_ctx)) {
             ctx.log_warning(&format!("lock: {e}"));
             return Status::Err;
@@ -224,6 +206,14 @@ mod module {
         // Replaces the crate's default INFO handler: this runs after it.
         raw::register_info_function(raw_ctx, Some(info_entry));
         Status::Ok
+    }
+
+    fn on_server_event(ctx: &Context, event: ServerEvent) {
+        match event {
+            ServerEvent::SwapDb(a, b) => sweeper::on_swapdb(ctx, a, b),
+            ServerEvent::Flushed(db) => sweeper::on_flush(ctx, db),
+            ServerEvent::Promoted => commands::on_promoted(ctx),
+        }
     }
 
     extern "C" fn info_entry(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: i32) {

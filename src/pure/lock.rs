@@ -257,10 +257,12 @@ pub enum Acquired {
     FencesExhausted,
 }
 
-/// What `LOCK.ACQUIRE` asks for.
+/// What `LOCK.ACQUIRE` asks for. `T` holds the token: borrowed from the
+/// command's arguments (`&[u8]`), or owned by a waiter that keeps its
+/// request until it is served (`Box<[u8]>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AcquireRequest<'a> {
-    pub token: &'a [u8],
+pub struct AcquireRequest<T> {
+    pub token: T,
     pub ttl: Micros,
     /// Raise the grant's fencing token, and the node's counter, to at least
     /// this (0: no floor). Used by the quorum client to make tokens
@@ -270,17 +272,30 @@ pub struct AcquireRequest<'a> {
     pub max_hold: Option<Micros>,
 }
 
+impl AcquireRequest<&[u8]> {
+    /// The same request, owning its token.
+    pub fn to_owned(&self) -> AcquireRequest<Box<[u8]>> {
+        AcquireRequest {
+            token: self.token.into(),
+            ttl: self.ttl,
+            fence_floor: self.fence_floor,
+            max_hold: self.max_hold,
+        }
+    }
+}
+
 /// `LOCK.ACQUIRE`: take a free or expired lock, or refresh our own.
-pub fn acquire(
+pub fn acquire<T: AsRef<[u8]>>(
     current: Option<&Lock>,
-    req: &AcquireRequest,
+    req: &AcquireRequest<T>,
     now: Micros,
     fences: &mut FenceCounter,
 ) -> Outcome<Acquired> {
+    let token = req.token.as_ref();
     let deadline = now.saturating_add(req.ttl);
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
-        Some(lock) if lock.is_held_by(req.token, now) => {
+        Some(lock) if lock.is_held_by(token, now) => {
             if lock.past_hold_limit(deadline) {
                 (Acquired::HoldLimit, Change::Keep)
             } else {
@@ -301,7 +316,7 @@ pub fn acquire(
             Some(next) => {
                 let fence = next.max(req.fence_floor);
                 fences.observe(fence);
-                let lock = Lock::new(req.token, fence, deadline, now)
+                let lock = Lock::new(token, fence, deadline, now)
                     .with_hold_limit(req.max_hold.map(|m| now.saturating_add(m)));
                 (Acquired::Granted(fence), Change::Put(lock))
             }

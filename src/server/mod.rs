@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod datatype;
+pub mod keys;
 pub mod resetstat;
 pub mod state;
 pub mod stats;

@@ -10,7 +10,8 @@ use crate::ffi;
 use crate::pure::clock;
 use crate::pure::lock::{Lock, Micros};
 use crate::server::datatype::LOCK_TYPE;
-use crate::server::state;
+use crate::server::keys::{self, Ending};
+use crate::server::{state, waiters};
 use redis_module::{Context, ContextFlags, RedisString};
 use std::time::Duration;
 
@@ -42,21 +43,6 @@ pub fn write_gate(ctx: &Context) -> Gate {
     } else {
         Gate::Open
     }
-}
-
-/// Record that `key` in `db` holds a lock ending at `deadline`, and make sure
-/// the timer fires by then.
-pub fn track(ctx: &Context, db: i32, key: &[u8], deadline: Micros) {
-    state::with(|n| n.index.insert(deadline, db, key));
-    arm(ctx);
-}
-
-/// The lock in `key` (of the selected database) no longer ends at
-/// `deadline`: a command moved or removed it. Its entry goes; the timer may
-/// then fire for nothing, which is harmless.
-pub fn untrack(ctx: &Context, key: &[u8], deadline: Micros) {
-    let db = ffi::selected_db(ctx);
-    state::with(|n| n.index.remove(deadline, db, key));
 }
 
 /// Arm the timer for the earliest deadline on record, unless it already
@@ -108,35 +94,21 @@ fn sweep(ctx: &Context) {
             continue;
         }
         let name = RedisString::create_from_slice(ctx.get_raw(), entry.key.as_slice());
-        let key = ctx.open_key_writable(&name);
-        let deadline = match key.get_value::<Lock>(&LOCK_TYPE) {
-            Ok(Some(lock)) => lock.deadline,
-            // Deleted, overwritten by another type, or renamed away.
-            _ => continue,
+        let Ok(key) = keys::open(ctx, name) else {
+            continue; // overwritten by another type
+        };
+        let Some(deadline) = key.current().map(|lock| lock.deadline) else {
+            continue; // deleted, or renamed away
         };
         if now < deadline {
             // Extended, or re-granted: look again at its current deadline.
-            state::with(|n| n.index.insert(deadline, entry.db, &entry.key));
+            keys::track(entry.db, &entry.key, deadline);
         } else if may_delete {
-            remove(ctx, &key, &name);
-            crate::server::stats::bump(&crate::server::stats::EXPIRED);
-            ffi::notify(ctx, c"lock.expired", &name);
             // Expired: the first waiter gets it at the deadline.
-            crate::server::waiters::hand_over(ctx, entry.db, &name, &key);
+            key.end(ctx, Ending::Expired);
         } else {
-            state::with(|n| {
-                n.index
-                    .insert(now.saturating_add(RECHECK), entry.db, &entry.key)
-            });
+            keys::track(entry.db, &entry.key, now.saturating_add(RECHECK));
         }
-    }
-}
-
-/// Delete a lock's key and replicate the deletion.
-pub fn remove(ctx: &Context, key: &redis_module::key::RedisKeyWritable, name: &RedisString) {
-    if key.delete().is_ok() {
-        ffi::signal_modified(ctx, name);
-        ffi::replicate_del(ctx, name);
     }
 }
 
@@ -144,74 +116,84 @@ pub fn remove(ctx: &Context, key: &redis_module::key::RedisKeyWritable, name: &R
 /// (loading from RDB, RENAME, MOVE, COPY, RESTORE: index the lock there),
 /// or take one away (DEL, RENAME, MOVE, a native TTL, eviction: serve the
 /// key's waiters).
-pub unsafe extern "C" fn on_keyspace_event(
-    ctx: *mut redis_module::raw::RedisModuleCtx,
-    _type: std::ffi::c_int,
-    event: *const std::ffi::c_char,
-    key: *mut redis_module::raw::RedisModuleString,
-) -> std::ffi::c_int {
-    ffi::guard(0, || {
-        // SAFETY: Redis passes a NUL-terminated event name and a valid key
-        // string for the duration of the callback.
-        let (event, key) = unsafe { (ffi::event_name(event), ffi::string_bytes(key)) };
-        let context = Context::new(ctx);
-        if matches!(
-            event.as_ref(),
-            "del" | "rename_from" | "move_from" | "expired" | "evicted"
-        ) {
-            // The key went away under its waiters: serve them.
-            crate::server::waiters::kick(&context, ffi::selected_db(&context), key);
-            return 0;
-        }
-        if !matches!(
-            event.as_ref(),
-            "loaded" | "rename_to" | "move_to" | "copy_to" | "restore"
-        ) {
-            return 0;
-        }
-        let name = RedisString::create_from_slice(context.get_raw(), key);
-        let deadline = match context.open_key(&name).get_value::<Lock>(&LOCK_TYPE) {
-            Ok(Some(lock)) => lock.deadline,
-            _ => return 0,
-        };
-        track(&context, ffi::selected_db(&context), key, deadline);
-        0
-    })
+pub fn on_keyspace_event(ctx: &Context, event: &str, key: &[u8]) {
+    let db = ffi::selected_db(ctx);
+    if matches!(
+        event,
+        "del" | "rename_from" | "move_from" | "expired" | "evicted"
+    ) {
+        // The key went away under its waiters: serve them.
+        kick(ctx, db, key);
+        return;
+    }
+    if !matches!(
+        event,
+        "loaded" | "rename_to" | "move_to" | "copy_to" | "restore"
+    ) {
+        return;
+    }
+    let name = RedisString::create_from_slice(ctx.get_raw(), key);
+    let deadline = match ctx.open_key(&name).get_value::<Lock>(&LOCK_TYPE) {
+        Ok(Some(lock)) => lock.deadline,
+        _ => return,
+    };
+    keys::track(db, key, deadline);
+    arm(ctx);
 }
 
 /// `SWAPDB`: keep the index pointing at the right databases. Waiters stay
 /// with the database they waited in, as Redis's own blocked clients do;
 /// both databases have new contents, so their queues are served again.
-pub unsafe extern "C" fn on_swapdb(
-    ctx: *mut redis_module::raw::RedisModuleCtx,
-    _event: redis_module::raw::RedisModuleEvent,
-    _subevent: u64,
-    data: *mut std::ffi::c_void,
-) {
-    ffi::guard((), || {
-        // SAFETY: Redis passes the SWAPDB event's info struct as `data`.
-        if let Some((a, b)) = unsafe { ffi::swapdb_info(data) } {
-            state::with(|n| n.index.swap_db(a, b));
-            let context = Context::new(ctx);
-            crate::server::waiters::kick_db(&context, a);
-            crate::server::waiters::kick_db(&context, b);
-        }
-    });
+pub fn on_swapdb(ctx: &Context, a: i32, b: i32) {
+    state::with(|n| n.index.swap_db(a, b));
+    kick_db(ctx, a);
+    kick_db(ctx, b);
 }
 
 /// `FLUSHDB` / `FLUSHALL`: forget the emptied databases' entries now rather
 /// than when they come due.
-pub unsafe extern "C" fn on_flush(
-    ctx: *mut redis_module::raw::RedisModuleCtx,
-    _event: redis_module::raw::RedisModuleEvent,
-    subevent: u64,
-    data: *mut std::ffi::c_void,
-) {
+pub fn on_flush(ctx: &Context, db: i32) {
+    state::with(|n| n.index.forget_db(db));
+    kick_db(ctx, db);
+}
+
+/// How long a deferred hand-over waits before it looks again whether the
+/// server accepts writes (a pause ends, a loading finishes).
+const RETRY_MS: u64 = 10;
+
+/// A key with waiters was deleted, moved, expired or evicted behind the
+/// module's back: serve its queue on the next event-loop turn (not inside
+/// the notification, where a write would join the operator's command).
+fn kick(ctx: &Context, db: i32, key: &[u8]) {
+    if waiters::waiting(db, key) > 0 {
+        ctx.create_timer(Duration::ZERO, on_kick, (db, key.to_vec()));
+    }
+}
+
+/// FLUSHDB/FLUSHALL/SWAPDB: every queue of the changed databases.
+fn kick_db(ctx: &Context, db: i32) {
+    for (db, key) in waiters::keys_in(db) {
+        ctx.create_timer(Duration::ZERO, on_kick, (db, key));
+    }
+}
+
+fn on_kick(ctx: &Context, (db, key): (i32, Vec<u8>)) {
     ffi::guard((), || {
-        // SAFETY: Redis passes the FLUSHDB event's info struct as `data`.
-        if let Some(db) = unsafe { ffi::flush_info(subevent, data) } {
-            state::with(|n| n.index.forget_db(db));
-            crate::server::waiters::kick_db(&Context::new(ctx), db);
+        if waiters::waiting(db, &key) == 0 {
+            return;
+        }
+        match write_gate(ctx) {
+            Gate::Open => {
+                let name = RedisString::create_from_slice(ctx.get_raw(), key.as_slice());
+                keys::serve_if_free(ctx, db, name);
+                arm(ctx);
+            }
+            // Paused or loading: look again shortly (the queue keeps its order).
+            Gate::Later => {
+                ctx.create_timer(Duration::from_millis(RETRY_MS), on_kick, (db, key));
+            }
+            // A replica grants nothing; its waiters left when it was demoted.
+            Gate::Never => {}
         }
     });
 }

@@ -11,7 +11,7 @@ fn held(owner: &[u8], fence: u64, deadline: Micros) -> Lock {
     Lock::new(owner, fence, deadline, 100)
 }
 
-fn req(token: &[u8], ttl: Micros) -> AcquireRequest<'_> {
+fn req(token: &[u8], ttl: Micros) -> AcquireRequest<&[u8]> {
     AcquireRequest {
         token,
         ttl,
