@@ -247,14 +247,43 @@ impl FenceCounter {
 /// Reply of `LOCK.ACQUIRE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acquired {
-    /// The token holds the lock; this is its fencing token.
+    /// A new grant to the token; this is its fencing token.
     Granted(u64),
+    /// The token already held the lock: the same grant with a fresh
+    /// deadline (and its fence raised to the floor, if asked); this is its
+    /// fencing token.
+    Refreshed(u64),
     /// Another token holds the lock.
     Taken,
+    /// New grants are refused for now ([`Admission::HolderOnly`]), and the
+    /// token does not hold the lock.
+    Refused,
     /// The holder asked to refresh its grant past the grant's hold limit.
     HoldLimit,
     /// The node has handed out its last fencing token.
     FencesExhausted,
+}
+
+impl Acquired {
+    /// The fencing token of a grant or a refresh.
+    pub fn fence(self) -> Option<u64> {
+        match self {
+            Acquired::Granted(fence) | Acquired::Refreshed(fence) => Some(fence),
+            _ => None,
+        }
+    }
+}
+
+/// Who may be granted a lock now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Anyone (the normal case).
+    Open,
+    /// Only the holder of a live lock, refreshing its own grant: while the
+    /// node rejoins after a restart or was just promoted, it may lack grants
+    /// it made (or its old primary made), so it grants nothing new. An
+    /// ended lock stays as it is: it is neither replaced nor handed over.
+    HolderOnly,
 }
 
 /// What `LOCK.ACQUIRE` asks for. `T` holds the token: borrowed from the
@@ -291,7 +320,26 @@ pub fn acquire<T: AsRef<[u8]>>(
     now: Micros,
     fences: &mut FenceCounter,
 ) -> Outcome<Acquired> {
+    acquire_admitted(current, req, Admission::Open, now, fences)
+}
+
+/// `LOCK.ACQUIRE` under an admission rule (see [`Admission`]).
+pub fn acquire_admitted<T: AsRef<[u8]>>(
+    current: Option<&Lock>,
+    req: &AcquireRequest<T>,
+    admission: Admission,
+    now: Micros,
+    fences: &mut FenceCounter,
+) -> Outcome<Acquired> {
     let token = req.token.as_ref();
+    let holds = current.is_some_and(|lock| lock.is_held_by(token, now));
+    if admission == Admission::HolderOnly && !holds {
+        return Outcome {
+            reply: Acquired::Refused,
+            change: Change::Keep,
+            ended: false,
+        };
+    }
     let deadline = now.saturating_add(req.ttl);
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
@@ -308,7 +356,7 @@ pub fn acquire<T: AsRef<[u8]>>(
                     fence,
                     ..lock.clone()
                 };
-                (Acquired::Granted(fence), Change::Put(lock))
+                (Acquired::Refreshed(fence), Change::Put(lock))
             }
         }
         Some(lock) if lock.is_live(now) => (Acquired::Taken, Change::Keep),
@@ -383,14 +431,33 @@ pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) ->
     }
 }
 
+/// Reply of `LOCK.RELEASE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// The token held the lock; it is free now (reply 1).
+    Freed,
+    /// No live lock: nothing to release (reply 0).
+    NotHeld,
+    /// Another token holds the lock, which stays (reply 0).
+    HeldByAnother,
+}
+
+impl Released {
+    /// Whether the lock was freed.
+    pub fn freed(self) -> bool {
+        self == Released::Freed
+    }
+}
+
 /// `LOCK.RELEASE`: free a lock the token holds. Releasing twice, or after
 /// expiry, is harmless.
-pub fn release(current: Option<&Lock>, token: &[u8], now: Micros) -> Outcome<bool> {
+pub fn release(current: Option<&Lock>, token: &[u8], now: Micros) -> Outcome<Released> {
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
-        Some(lock) if lock.is_held_by(token, now) => (true, Change::Remove),
-        Some(_) if ended => (false, Change::Remove),
-        _ => (false, Change::Keep),
+        Some(lock) if lock.is_held_by(token, now) => (Released::Freed, Change::Remove),
+        Some(_) if ended => (Released::NotHeld, Change::Remove),
+        Some(_) => (Released::HeldByAnother, Change::Keep),
+        None => (Released::NotHeld, Change::Keep),
     };
     Outcome {
         reply,

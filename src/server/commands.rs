@@ -5,7 +5,9 @@ use crate::ffi::lock_type::LOCK_TYPE;
 use crate::ffi::{self, Request};
 use crate::pure::args::{self, ArgError};
 use crate::pure::codec;
-use crate::pure::lock::{self, AcquireRequest, Acquired, Extended, Lock, Micros};
+use crate::pure::lock::{
+    self, AcquireRequest, Acquired, Admission, Extended, Lock, Micros, Released,
+};
 use crate::pure::{clock, rejoin};
 use crate::server::keys::{self, LockKey};
 use crate::server::stats::{self, bump};
@@ -171,20 +173,17 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     // One clock read per command: the request has arrived, so a deadline
     // counted from here is never earlier than the one its sender assumes.
     let now = clock::now();
-    if let Some(refusal) = rejoining(now) {
-        // Only the holder of a live lock may refresh it (the same grant);
-        // nothing new is granted, and nobody waits.
-        let key = open(ctx, req)?;
-        if !key
-            .current()
-            .is_some_and(|l| l.is_held_by(parsed.token, now))
-        {
-            bump(&stats::REJOIN_REFUSALS);
-            return Err(refusal);
-        }
-    }
+    // During the delayed rejoin or the promotion delay only the holder of
+    // a live lock may refresh it: nothing new is granted, nobody waits, and
+    // no ended lock is handed to a waiter.
+    let refusal = rejoining(now);
+    let admission = if refusal.is_some() {
+        Admission::HolderOnly
+    } else {
+        Admission::Open
+    };
     let db = ffi::selected_db(ctx);
-    if waiters::total() > 0 {
+    if waiters::total() > 0 && admission == Admission::Open {
         if let Some(name) = req.key(ctx) {
             // Waiters are served first: a lock that has ended goes to the
             // head of its queue before anyone new can take it.
@@ -198,18 +197,21 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
         fence_floor: parsed.fence_floor,
         max_hold: parsed.max_hold_ms.map(|ms| ms.saturating_mul(1000)),
     };
-    let refresh = key
-        .current()
-        .is_some_and(|l| l.is_held_by(parsed.token, now));
-    let out = state::with(|n| lock::acquire(key.current(), &request, now, &mut n.fences));
+    let out = state::with(|n| {
+        lock::acquire_admitted(key.current(), &request, admission, now, &mut n.fences)
+    });
     match apply(ctx, key, out, now, c"lock.acquired")? {
         Acquired::Granted(fence) => {
-            bump(if refresh {
-                &stats::REACQUISITIONS
-            } else {
-                &stats::ACQUISITIONS
-            });
+            bump(&stats::ACQUISITIONS);
             Ok(integer(fence))
+        }
+        Acquired::Refreshed(fence) => {
+            bump(&stats::REACQUISITIONS);
+            Ok(integer(fence))
+        }
+        Acquired::Refused => {
+            bump(&stats::REJOIN_REFUSALS);
+            Err(refusal.unwrap_or(RedisError::Str("TRYAGAIN lock node refuses new grants")))
         }
         Acquired::Taken => {
             bump(&stats::CONTENDED);
@@ -262,17 +264,14 @@ pub fn release(ctx: &Context, req: &Request) -> RedisResult {
     refuse_on_replica(ctx)?;
     let key = open(ctx, req)?;
     let now = clock::now();
-    let held_by_other = key
-        .current()
-        .is_some_and(|l| l.is_live(now) && l.owner() != parsed.token);
     let out = lock::release(key.current(), parsed.token, now);
     let released = apply(ctx, key, out, now, c"lock.released")?;
-    if released {
-        bump(&stats::RELEASES);
-    } else if held_by_other {
-        bump(&stats::RELEASES_WRONG_TOKEN);
+    match released {
+        Released::Freed => bump(&stats::RELEASES),
+        Released::HeldByAnother => bump(&stats::RELEASES_WRONG_TOKEN),
+        Released::NotHeld => {}
     }
-    Ok(RedisValue::Integer(i64::from(released)))
+    Ok(RedisValue::Integer(i64::from(released.freed())))
 }
 
 /// `LOCK.INFO key`: read-only, so an ended lock that is still stored shows

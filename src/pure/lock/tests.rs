@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// name, current lock, token, now, expected reply, expected change
-type Case<R = bool> = (&'static str, Option<Lock>, &'static [u8], Micros, R, Change);
+type Case<R> = (&'static str, Option<Lock>, &'static [u8], Micros, R, Change);
 
 const A: &[u8] = b"token-a";
 const B: &[u8] = b"token-b";
@@ -52,7 +52,7 @@ fn acquire_table() {
             current: Some(held(A, 3, 2_000)),
             token: A,
             now: 1_000,
-            reply: Acquired::Granted(3),
+            reply: Acquired::Refreshed(3),
             deadline: Some(1_500),
         },
         Case {
@@ -176,14 +176,21 @@ fn extend_table() {
 
 #[test]
 fn release_table() {
-    let cases: [Case; 4] = [
-        ("nothing to release", None, A, 10, false, Change::Keep),
+    let cases: [Case<Released>; 4] = [
+        (
+            "nothing to release",
+            None,
+            A,
+            10,
+            Released::NotHeld,
+            Change::Keep,
+        ),
         (
             "holder releases",
             Some(held(A, 2, 100)),
             A,
             99,
-            true,
+            Released::Freed,
             Change::Remove,
         ),
         (
@@ -191,7 +198,7 @@ fn release_table() {
             Some(held(B, 2, 100)),
             A,
             99,
-            false,
+            Released::HeldByAnother,
             Change::Keep,
         ),
         (
@@ -199,7 +206,7 @@ fn release_table() {
             Some(held(A, 2, 100)),
             A,
             100,
-            false,
+            Released::NotHeld,
             Change::Remove,
         ),
     ];
@@ -311,7 +318,7 @@ proptest! {
             let token = if holder_a { A } else { B };
             let request = AcquireRequest { fence_floor: floor, ..req(token, 1) };
             let out = acquire(slot.as_ref(), &request, now * 10, &mut fences);
-            if let Acquired::Granted(_) = out.reply {
+            if out.reply.fence().is_some() {
                 grants += 1;
             }
             prop_assert_ne!(out.reply, Acquired::FencesExhausted);
@@ -341,7 +348,7 @@ fn a_fence_floor_raises_new_grants_refreshes_and_the_counter() {
     let out = acquire(Some(&lock), &floor(A, 70), 10, &mut fences);
     assert_eq!(
         out.reply,
-        Acquired::Granted(70),
+        Acquired::Refreshed(70),
         "the holder raises its fence"
     );
     assert_eq!(fences.last(), 70);
@@ -351,7 +358,7 @@ fn a_fence_floor_raises_new_grants_refreshes_and_the_counter() {
     let out = acquire(Some(&lock), &floor(A, 60), 20, &mut fences);
     assert_eq!(
         out.reply,
-        Acquired::Granted(70),
+        Acquired::Refreshed(70),
         "a lower floor never lowers it"
     );
     let out = acquire(Some(&lock), &floor(B, 90), 20, &mut fences);
@@ -507,7 +514,7 @@ proptest! {
                             let fence = fence.max(floor);
                             model.last_fence = model.last_fence.max(fence);
                             model.holder[key] = Some((who, fence, now + ttl));
-                            Acquired::Granted(fence)
+                            Acquired::Refreshed(fence)
                         }
                         Some(_) => Acquired::Taken,
                         None => {
@@ -518,7 +525,7 @@ proptest! {
                         }
                     };
                     prop_assert_eq!(out.reply, expected);
-                    if let Acquired::Granted(_) = out.reply {
+                    if out.reply.fence().is_some() {
                         if let Some((holder, until)) = promised[key] {
                             prop_assert!(holder == who || now >= until,
                                 "key {} granted to {} at {} but promised to {} until {}", key, who, now, holder, until);
@@ -549,7 +556,7 @@ proptest! {
                         model.holder[key] = None;
                         promised[key] = None;
                     }
-                    prop_assert_eq!(out.reply, expected);
+                    prop_assert_eq!(out.reply.freed(), expected);
                     apply(&mut keys[key], out.change);
                 }
                 Op::Info { key } => {
@@ -596,4 +603,72 @@ fn a_lock_is_one_80_byte_allocation_with_a_40_byte_token() {
         "the count saturates"
     );
     assert_eq!(lock.hold_limit(), None);
+}
+
+#[test]
+fn while_only_holders_are_admitted_nothing_new_is_granted_and_ended_locks_stay() {
+    let only = Admission::HolderOnly;
+    let mut fences = FenceCounter::starting_at(5);
+    let cases: [Case<Acquired>; 5] = [
+        (
+            "a free lock is not granted",
+            None,
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+        (
+            "another's live lock is refused, not reported taken",
+            Some(held(B, 2, 1_000)),
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+        (
+            "the holder refreshes its live grant",
+            Some(held(A, 2, 1_000)),
+            A,
+            100,
+            Acquired::Refreshed(2),
+            Change::Put(held(A, 2, 600)),
+        ),
+        (
+            "the holder of an ended lock gets nothing, and the lock stays",
+            Some(held(A, 2, 50)),
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+        (
+            "another token does not take over an ended lock",
+            Some(held(B, 2, 50)),
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+    ];
+    for (name, current, token, now, reply, change) in cases {
+        let out = acquire_admitted(current.as_ref(), &req(token, 500), only, now, &mut fences);
+        assert_eq!((out.reply, out.change), (reply, change), "{name}");
+        assert!(!out.ended, "{name}: a refusal counts nothing as expired");
+    }
+    assert_eq!(fences.last(), 5, "no fence drawn");
+}
+
+#[test]
+fn release_tells_a_lock_held_by_another_from_no_lock() {
+    assert_eq!(
+        release(Some(&held(B, 1, 100)), A, 50).reply,
+        Released::HeldByAnother
+    );
+    assert_eq!(
+        release(Some(&held(B, 1, 100)), A, 100).reply,
+        Released::NotHeld
+    );
+    assert_eq!(release(None, A, 50).reply, Released::NotHeld);
+    assert!(release(Some(&held(A, 1, 100)), A, 50).reply.freed());
 }
