@@ -51,10 +51,10 @@ mod server;
 mod module {
     use crate::command_entry;
     use crate::ffi::events::ServerEvent;
-    use crate::ffi::lock_type::LOCK_TYPE;
     use crate::ffi::{self, CommandSpec};
     use crate::pure::clock;
     use crate::pure::settings::{self, Setting};
+    use crate::server::datatype::LOCK_TYPE;
     use crate::server::{commands, resetstat, state, sweeper, waiters};
     use redis_module::configuration::ConfigurationFlags;
     use redis_module::{logging, raw, redis_module, Context, RedisString, Status};

@@ -5,7 +5,7 @@
 pub mod blocked;
 pub mod events;
 pub mod filter;
-pub mod lock_type;
+pub mod value_type;
 
 use redis_module::{raw, Context, RedisResult, RedisString};
 use std::ffi::{c_char, c_int, CStr};

@@ -1,7 +1,6 @@
 //! One thin function per command: parse, open the key, call the state
 //! machine, apply its change (store, signal, replicate, index), reply.
 
-use crate::ffi::lock_type::LOCK_TYPE;
 use crate::ffi::{self, Request};
 use crate::pure::args::{self, ArgError};
 use crate::pure::codec;
@@ -9,6 +8,7 @@ use crate::pure::lock::{
     self, AcquireRequest, Acquired, Admission, Extended, Lock, Micros, Released,
 };
 use crate::pure::{clock, rejoin};
+use crate::server::datatype::LOCK_TYPE;
 use crate::server::keys::{self, LockKey};
 use crate::server::stats::{self, bump};
 use crate::server::{state, sweeper, waiters};

@@ -1,13 +1,52 @@
 //! The module data type `redislock`, one lock per key: what its callbacks
-//! do, on safe values. The raw callbacks and the `RedisType` itself are in
-//! `ffi/lock_type.rs`; encoding and decoding live in `pure/codec.rs`.
+//! do, on safe values. The raw callbacks are in `ffi/value_type.rs`;
+//! encoding and decoding live in `pure/codec.rs`.
 
 use crate::ffi;
+use crate::ffi::value_type::{methods, ValueType};
 use crate::pure::lock::Lock;
 use crate::pure::{clock, codec};
 use crate::server::{state, stats};
 use redis_module::logging;
+use redis_module::native_types::RedisType;
 use std::sync::atomic::Ordering::Relaxed;
+
+/// `TYPE key` replies `redislock` (type names are exactly 9 characters).
+pub static LOCK_TYPE: RedisType =
+    RedisType::new("redislock", codec::VERSION as i32, methods::<LockType>());
+
+/// The lock type's callbacks.
+pub struct LockType;
+
+impl ValueType for LockType {
+    type Value = Lock;
+    const AOF_COMMAND: &'static std::ffi::CStr = c"LOCK.LOAD";
+
+    fn load(encver: i32, payload: &[u8]) -> Option<Lock> {
+        load(encver, payload)
+    }
+    fn save(lock: &Lock) -> Vec<u8> {
+        save(lock)
+    }
+    fn memory(lock: &Lock, key: Option<(i32, usize)>) -> usize {
+        memory(lock, key)
+    }
+    fn digest(lock: &Lock) -> (&[u8], [i64; 2]) {
+        digest(lock)
+    }
+    fn freed() {
+        freed()
+    }
+    fn copy(lock: &Lock) -> Lock {
+        copy(lock)
+    }
+    fn aux_value() -> u64 {
+        aux_value()
+    }
+    fn aux_loaded(last: u64) {
+        aux_loaded(last)
+    }
+}
 
 /// The largest fence a restored lock may carry (see DESIGN.md, "The
 /// counter's headroom").

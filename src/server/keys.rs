@@ -8,10 +8,10 @@
 //! the sweeper's timer before it returns (`sweeper::arm`).
 
 use crate::ffi;
-use crate::ffi::lock_type::LOCK_TYPE;
 use crate::pure::clock;
 use crate::pure::codec;
 use crate::pure::lock::{self, Acquired, Change, Lock, Micros};
+use crate::server::datatype::LOCK_TYPE;
 use crate::server::stats::{self, bump};
 use crate::server::{state, waiters};
 use redis_module::key::RedisKeyWritable;

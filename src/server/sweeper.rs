@@ -7,9 +7,9 @@
 //! so holding back its deletion never extends it.
 
 use crate::ffi;
-use crate::ffi::lock_type::LOCK_TYPE;
 use crate::pure::clock;
 use crate::pure::lock::{Lock, Micros};
+use crate::server::datatype::LOCK_TYPE;
 use crate::server::keys::{self, Ending};
 use crate::server::{state, waiters};
 use redis_module::{Context, ContextFlags, RedisString};
