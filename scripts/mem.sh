@@ -62,7 +62,6 @@ measure() {
   M[$kind,ext_used]=$(( (ext_used - before) / N ))
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 
 declare -A M
 measure string

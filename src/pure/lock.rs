@@ -13,15 +13,16 @@ pub type Micros = u64;
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 256;
 
-/// Tokens up to this many bytes (a 20-byte random token in hex) are stored
-/// inside the lock, so a lock is one allocation and checking the owner
-/// touches no other memory.
-pub const INLINE_TOKEN: usize = 40;
+/// Tokens up to this many bytes (a 20-byte random token in hex is 40) are
+/// stored inside the lock, so a lock is one allocation and checking the
+/// owner touches no other memory.
+pub const INLINE_TOKEN: usize = 42;
 
 /// The holder's token and the grant's extension count. They share one
 /// 48-byte field: a longer token's pointer gives the field 8-byte alignment,
 /// and the count fills what would otherwise be padding, so a whole [`Lock`]
-/// is 80 bytes (one allocator size class) with a 40-byte token inline.
+/// is 80 bytes (one allocator size class) with a token of up to 42 bytes
+/// inline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Holder {
     Inline {
@@ -82,7 +83,7 @@ impl Holder {
 const NO_HOLD_LIMIT: Micros = Micros::MAX;
 
 /// A held (or expired but not yet removed) lock. Fields are sized to their
-/// range: 80 bytes, one allocation, for a token of up to 40 bytes.
+/// range: 80 bytes, one allocation, for a token of up to 42 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lock {
     /// The fencing token handed out with this grant.

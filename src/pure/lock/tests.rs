@@ -588,7 +588,7 @@ fn apply(slot: &mut Option<Lock>, change: Change) {
 }
 
 #[test]
-fn a_lock_is_one_80_byte_allocation_with_a_40_byte_token() {
+fn a_lock_is_one_80_byte_allocation_with_its_token_inline() {
     assert_eq!(std::mem::size_of::<Lock>(), 80);
     let token = [7u8; INLINE_TOKEN];
     let lock = Lock::new(&token, 1, 2, 3);
