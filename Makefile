@@ -85,3 +85,7 @@ soak: deps ## Fault scenarios, fuzzing and hostile server operations for longer:
 
 valgrind: deps ## The integration tests (waiting paths, a hostile seed) under valgrind; counts leaked blocked-client handles (slow)
 	@bash scripts/valgrind.sh
+
+.PHONY: mem
+mem: release ## Memory per key of a lock against a `SET key token PX ttl` key: MEMORY USAGE and used_memory, fresh and after 10 extensions
+	@bash scripts/mem.sh

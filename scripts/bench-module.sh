@@ -75,7 +75,6 @@ run_round() {
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 
 echo "redis-lock module benchmark: $(redis-server --version | cut -d' ' -f3), $CLIENTS clients, $ROUNDS rounds (median)"
 for r in $(seq 1 "$ROUNDS"); do echo "  round $r/$ROUNDS..."; run_round; done

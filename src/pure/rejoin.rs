@@ -27,7 +27,7 @@
 //! it may lack the last grants of its old primary. 0 (the default) is off,
 //! [`AUTO`] is `lock.max-ttl-ms`, N > 0 is N milliseconds.
 
-use crate::lock::Micros;
+use crate::pure::lock::Micros;
 
 /// The setting's value for "decide from the persistence configuration".
 pub const AUTO: i64 = -1;

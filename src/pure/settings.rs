@@ -3,8 +3,8 @@
 //! module load arguments (`--loadmodule libredis_lock.so name value ...`),
 //! which Redis leaves to the module. Pure: works on byte slices.
 
-use crate::args::{parse_i64, printable, TTL_CEILING_MS};
-use crate::rejoin::AUTO;
+use crate::pure::args::{parse_i64, printable, TTL_CEILING_MS};
+use crate::pure::rejoin::AUTO;
 
 /// One integer setting, `lock.<name>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
