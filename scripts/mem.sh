@@ -17,7 +17,7 @@ MODULE=${MODULE:-$PWD/target/release/libredis_lock.so}
 N=${N:-100000}
 EXTENSIONS=${EXTENSIONS:-10}
 TOKEN=${TOKEN:-0123456789abcdef0123456789abcdef01234567}   # 40 bytes
-TTL=600000
+TTL=240000
 [ -f "$MODULE" ] || { echo "build the module first: cargo build --release" >&2; exit 1; }
 
 PORT=$(free_port)

@@ -519,7 +519,7 @@ fn memory_usage_of_a_lock_stays_put_across_extensions() {
                 pipe.cmd(command)
                     .arg(format!("lock:{i:07}"))
                     .arg(token)
-                    .arg(600_000)
+                    .arg(240_000)
                     .ignore();
             }
             pipe
@@ -550,7 +550,7 @@ fn memory_usage_of_a_lock_stays_put_across_extensions() {
                 .arg("str:0000042")
                 .arg(token)
                 .arg("PX")
-                .arg(600_000)
+                .arg(240_000)
                 .query(&mut c)
                 .unwrap();
             let string = usage(&mut c, "str:0000042");
