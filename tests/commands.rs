@@ -1,4 +1,4 @@
-//! The command contract against real servers: Redis 7.0 and Valkey 8/9.
+//! The command contract against real servers: Redis 7.0 and 7.4, Valkey 8/9.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -221,7 +221,7 @@ fn bad_input_gets_an_error_that_names_the_argument_and_changes_nothing() {
             ),
             (
                 &[b"LOCK.ACQUIRE", b"k", b"t", b"abc"],
-                "ERR invalid ttl-ms 'abc': must be an integer from 1 to 86400000 (lock.max-ttl-ms)",
+                "ERR invalid ttl-ms 'abc': must be an integer from 1 to 300000 (lock.max-ttl-ms)",
             ),
             (
                 &[b"LOCK.ACQUIRE", b"k", b"t", b"0"],

@@ -150,7 +150,7 @@ fn timed_out_waits_leave_no_memory_behind() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "holder", 600_000).unwrap();
+        acquire(&mut c, "k", "holder", 300_000).unwrap();
         let mut w = server.conn();
         let mut round = |n: usize| {
             for _ in 0..n {
@@ -182,7 +182,7 @@ fn waiters_that_disconnect_or_are_killed_leave_no_memory_behind() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut c = server.conn();
-        acquire(&mut c, "k", "holder", 600_000).unwrap();
+        acquire(&mut c, "k", "holder", 300_000).unwrap();
         let round = |c: &mut Connection, kill: bool| {
             let mut ids = Vec::new();
             let mut conns = Vec::new();
@@ -333,7 +333,7 @@ fn waiters_are_served_when_a_native_ttl_or_eviction_removes_the_lock() {
             let what = format!("{flavor}, {how}");
             let server = Server::start(flavor);
             let mut c = server.conn();
-            acquire(&mut c, "k", "a", 600_000).unwrap();
+            acquire(&mut c, "k", "a", 300_000).unwrap();
             let next = waiter(&server, "k", "b", 60_000, 0, Duration::from_secs(10));
             wait_for_waiters(&mut c, "k", 1);
             let started = Instant::now();
@@ -490,10 +490,10 @@ fn extensions_keep_one_index_entry_per_lock() {
     let server = Server::start(testkit::first_flavor());
     let mut c = server.conn();
     let entries = |c: &mut Connection| testkit::lockcmd::stats(c)["expiry_index_entries"];
-    acquire(&mut c, "k", "a", 600_000).unwrap();
+    acquire(&mut c, "k", "a", 300_000).unwrap();
     for i in 0..20 {
-        assert_eq!(testkit::lockcmd::extend(&mut c, "k", "a", 600_000 + i), 1);
-        acquire(&mut c, "k", "a", 600_100 + i).unwrap(); // a refresh, too
+        assert_eq!(testkit::lockcmd::extend(&mut c, "k", "a", 290_000 + i), 1);
+        acquire(&mut c, "k", "a", 299_000 + i).unwrap(); // a refresh, too
     }
     assert_eq!(entries(&mut c), 1);
     assert_eq!(release(&mut c, "k", "a"), 1);
