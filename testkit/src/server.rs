@@ -852,6 +852,23 @@ fn slowdown() -> u32 {
     }
 }
 
+/// Debian's libfaketime, wherever the architecture puts it
+/// (`/usr/lib/<triplet>/faketime/libfaketime.so.1`), or `FAKETIME_LIB`.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FAKETIME_LIB").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let direct = Path::new("/usr/lib/faketime/libfaketime.so.1");
+    if direct.is_file() {
+        return Some(direct.to_path_buf());
+    }
+    fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file())
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_offset;
@@ -889,21 +906,4 @@ mod tests {
             assert_eq!(parse_offset(input), None, "{input}");
         }
     }
-}
-
-/// Debian's libfaketime, wherever the architecture puts it
-/// (`/usr/lib/<triplet>/faketime/libfaketime.so.1`), or `FAKETIME_LIB`.
-pub fn libfaketime() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FAKETIME_LIB").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let direct = Path::new("/usr/lib/faketime/libfaketime.so.1");
-    if direct.is_file() {
-        return Some(direct.to_path_buf());
-    }
-    fs::read_dir("/usr/lib")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.is_file())
 }
