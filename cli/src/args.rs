@@ -14,8 +14,9 @@ Examples:
   # Only one machine runs the nightly sync; the others wait up to 10 minutes.
   redis-lock run --key nightly-sync --ttl 30s --wait 10m -- /usr/local/bin/sync.sh
 
-  # From a shell script: take the lock, renew it, release it.
-  eval \"$(redis-lock acquire --key reports --ttl 2m)\"
+  # From a shell script: take the lock (or stop: eval fails with 75 when
+  # another holds it, with 69/78/64 on other errors), renew it, release it.
+  eval \"$(redis-lock acquire --key reports --ttl 2m)\" || exit
   redis-lock extend --key reports --token \"$REDIS_LOCK_TOKEN\" --ttl 2m
   redis-lock release --key reports --token \"$REDIS_LOCK_TOKEN\"
 
@@ -191,6 +192,10 @@ pub struct LockArgs {
 /// REDIS_LOCK_VALIDITY_MS (how long the lease can be relied on from now).
 /// Nothing renews the lease: extend it before it runs out, release it when
 /// done.
+///
+/// When the lock is not acquired, or on any error, it prints a command that
+/// fails with the exit status instead (75 when another holds the lock), so
+/// that `eval` fails too and `|| exit` or `set -e` stop the script.
 #[derive(Debug, Args)]
 #[command(after_long_help = "Example:
   $ redis-lock acquire --key reports --ttl 2m

@@ -90,13 +90,12 @@ fn nodes(g: &Global) -> Result<Nodes, u8> {
 }
 
 /// Why an acquisition failed, in one line, and its status.
-pub fn not_acquired(key: &str, e: &redis_lock_client::Error) -> u8 {
+pub fn not_acquired(e: &redis_lock_client::Error) -> u8 {
     let failure = exit::classify(e);
     let what = match failure {
-        Failure::Taken => format!("lock {key:?} not acquired: {e}"),
-        Failure::Unavailable => format!("lock {key:?} not acquired, nodes unavailable: {e}"),
-        Failure::Misconfigured => format!("lock {key:?} not acquired, nodes misconfigured: {e}"),
-        _ => e.to_string(),
+        Failure::Usage | Failure::Internal => e.to_string(),
+        // The client's message names the lock.
+        _ => format!("not acquired: {e}"),
     };
     fail(failure, what)
 }
@@ -131,7 +130,7 @@ async fn acquire(g: &Global, a: AcquireArgs) -> u8 {
             exit::OK
         }
         Err(e) => {
-            let code = not_acquired(key, &e);
+            let code = not_acquired(&e);
             settle(g, &client).await;
             code
         }

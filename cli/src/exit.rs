@@ -77,10 +77,12 @@ impl Failure {
     /// Nodes failed this way: misconfiguration wins over a plain outage,
     /// since retrying will not fix it.
     pub fn from_node_kinds(kinds: impl IntoIterator<Item = NodeErrorKind>) -> Failure {
-        if kinds
-            .into_iter()
-            .any(|k| matches!(k, NodeErrorKind::Auth | NodeErrorKind::ModuleNotLoaded))
-        {
+        if kinds.into_iter().any(|k| {
+            matches!(
+                k,
+                NodeErrorKind::Auth | NodeErrorKind::Permission | NodeErrorKind::ModuleNotLoaded
+            )
+        }) {
             Failure::Misconfigured
         } else {
             Failure::Unavailable

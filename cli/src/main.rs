@@ -45,19 +45,29 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == watchdog::SUBCOMMAND) {
         return ExitCode::from(watchdog::main(args.get(2..).unwrap_or(&[])));
     }
+    // `eval "$(redis-lock acquire ...)"` evaluates whatever acquire prints:
+    // on every failure, that must be a command that fails with our status,
+    // or the script would go on without the lock.
+    let for_eval = args.iter().skip(1).any(|a| a == "acquire");
+    if for_eval {
+        output::fail_eval_on_panic();
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print to stdout and succeed; everything
             // else is a usage error with our usage status, not clap's 2.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
+            if !e.use_stderr() {
+                return ExitCode::from(exit::OK);
+            }
+            if for_eval {
+                commands::put(&output::eval_failure(exit::USAGE));
+            }
+            return ExitCode::from(exit::USAGE);
         }
     };
+    let for_eval = matches!(cli.command, Command::Acquire(_));
     if let Command::Completions(c) = &cli.command {
         return ExitCode::from(commands::completions(c.shell));
     }
@@ -69,11 +79,17 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             say!("redis-lock: cannot start the runtime: {e}");
+            if for_eval {
+                commands::put(&output::eval_failure(exit::INTERNAL));
+            }
             return ExitCode::from(exit::INTERNAL);
         }
     };
     let code = runtime.block_on(commands::dispatch(cli));
     // Background releases (a dropped guard) get a moment; never block long.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    if for_eval && code != exit::OK {
+        commands::put(&output::eval_failure(code));
+    }
     ExitCode::from(code)
 }

@@ -31,6 +31,29 @@ pub fn acquired(key: &str, token: &str, fence: u64, validity: Duration) -> Strin
     )
 }
 
+/// What `acquire` prints on stdout when it fails, for `eval`: a command
+/// that fails with `code`, so that `eval "$(redis-lock acquire ...)"` fails
+/// with it too and `set -e` or `|| exit` stop the script. (`eval` of an
+/// empty string succeeds.) Not printed to a terminal, where nobody evals.
+pub fn eval_failure(code: u8) -> String {
+    // SAFETY: isatty only inspects file descriptor 1.
+    if unsafe { libc::isatty(1) } == 1 {
+        return String::new();
+    }
+    format!("(exit {code})\n")
+}
+
+/// A panic in `acquire` (a bug) must fail the `eval` as well: prints the
+/// failing command and exits with the internal-error status.
+pub fn fail_eval_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let _ = crate::commands::put(&eval_failure(crate::exit::INTERNAL));
+        std::process::exit(i32::from(crate::exit::INTERNAL));
+    }));
+}
+
 /// Columns padded to their widest cell. The last cell of a row is not
 /// padded and does not widen its column (a long error message at the end of
 /// one row leaves the others alone).

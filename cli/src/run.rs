@@ -230,7 +230,7 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
     let guard = tokio::select! {
         r = client.lock(key, ttl, a.wait) => match r {
             Ok(guard) => guard,
-            Err(e) => return commands::not_acquired(key, &e),
+            Err(e) => return commands::not_acquired(&e),
         },
         sig = signals.recv() => {
             say!("redis-lock: {} while waiting for {key:?}; not running the command", signal_name(sig));

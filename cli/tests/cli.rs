@@ -715,3 +715,95 @@ fn a_slow_node_gets_the_grant_and_the_release_before_the_tool_exits() {
     assert_eq!(held_on(&set, "slow:run"), 0, "freed on every node");
     assert!(!err.contains("did not answer"), "{err}");
 }
+
+// ------------------------------------------------------ the eval idiom
+
+/// The lines that take the lock with `eval` in the README and in
+/// `redis-lock --help` and `redis-lock acquire --help`, verbatim.
+fn documented_eval_lines() -> Vec<String> {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let mut lines: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("eval \"$(redis-lock acquire"))
+        .map(str::to_owned)
+        .collect();
+    for args in [&["--help"][..], &["acquire", "--help"]] {
+        let mut help = tool("");
+        help.args(args);
+        let (code, out, _) = run_tool(help);
+        assert_eq!(code, 0);
+        lines.extend(
+            out.lines()
+                .map(|l| l.trim().trim_start_matches("$ "))
+                .filter(|l| l.starts_with("eval \"$(redis-lock acquire"))
+                .map(str::to_owned),
+        );
+    }
+    assert!(
+        lines.len() >= 3,
+        "the idiom is missing from the docs: {lines:?}"
+    );
+    lines
+}
+
+/// `sh -c` running `line` then `echo RAN`, with `redis-lock` on the PATH.
+fn shell_line(urls: &str, prelude: &str, line: &str) -> Command {
+    let bin = std::path::PathBuf::from(bin());
+    let dir = bin.parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        &format!("{prelude}{line}\necho \"RAN $REDIS_LOCK_FENCE\""),
+    ]);
+    for var in TOOL_ENV {
+        sh.env_remove(var);
+    }
+    sh.env("PATH", path).env("REDIS_LOCK_NODES", urls);
+    sh
+}
+
+#[test]
+fn the_documented_eval_idiom_stops_the_script_without_the_lock() {
+    let set = nodes(3);
+    let urls = urls(&set);
+    let dead = format!("redis://127.0.0.1:{}", testkit::free_port());
+    for line in documented_eval_lines() {
+        for prelude in ["set -e\n", ""] {
+            // With neither `set -e` nor `|| exit` nothing can stop a script.
+            if prelude.is_empty() && !line.contains("|| exit") {
+                continue;
+            }
+            // Free: it runs, with the lease in its environment.
+            let (code, out, err) = run_tool(shell_line(&urls, prelude, &line));
+            assert_eq!(code, 0, "{line}: {err}");
+            assert!(out.starts_with("RAN 1"), "{line}: {out}");
+            // Held by that run's lease (never released): 75, not run.
+            let (code, out, err) = run_tool(shell_line(&urls, prelude, &line));
+            assert_eq!(code, 75, "{prelude}{line}: {out} {err}");
+            assert!(
+                !out.contains("RAN"),
+                "ran without the lock: {prelude}{line}"
+            );
+            // Nodes down: 69; a bad setting: 64.
+            let (code, out, _) = run_tool(shell_line(&dead, prelude, &line));
+            assert_eq!(code, 69, "{prelude}{line}: {out}");
+            assert!(!out.contains("RAN"), "ran without the lock: {line}");
+            let mut bad = shell_line(&urls, prelude, &line);
+            bad.env("REDIS_LOCK_WAIT", "forever");
+            let (code, out, _) = run_tool(bad);
+            assert_eq!(code, 64, "{prelude}{line}: {out}");
+            assert!(!out.contains("RAN"), "ran without the lock: {line}");
+            for s in &set.nodes {
+                let _: i64 = testkit::redis::cmd("DEL")
+                    .arg("reports")
+                    .query(&mut s.conn())
+                    .unwrap();
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@ use rand::Rng;
 
 use crate::background::Background;
 use crate::config::Config;
-use crate::error::{Error, LossReason, NodeError};
+use crate::error::{Error, LossReason, NodeError, NodeErrorKind};
 use crate::guard::{HeldLease, LockGuard};
 use crate::lease::{Lease, Token};
 use crate::node::{Extended, Node};
@@ -241,6 +241,14 @@ impl Client {
                             | Error::Unreachable { .. }
                             | Error::NoValidityLeft { .. }
                     ) =>
+                {
+                    e
+                }
+                // Nodes refusing grants: wait only if they may grant
+                // again within the budget.
+                Err(e)
+                    if e.retry_after()
+                        .is_some_and(|after| started.elapsed().saturating_add(after) < wait) =>
                 {
                     e
                 }
@@ -577,13 +585,12 @@ impl Client {
                     reason,
                 })
             }
-            _ => Err(Error::Unreachable {
-                resource: lease.resource.clone(),
-                answered: tally.granted() + tally.refused(),
-                quorum: tally.quorum(),
-                nodes: tally.nodes(),
-                node_errors: errors,
-            }),
+            _ => Err(too_few_answers(
+                &lease.resource,
+                tally.granted() + tally.refused(),
+                (tally.quorum(), tally.nodes()),
+                errors,
+            )),
         }
     }
 
@@ -678,13 +685,12 @@ impl Client {
 /// quorum can spare, taken otherwise.
 fn round_error(resource: &str, tally: &Tally, node_errors: Vec<NodeError>) -> Error {
     if tally.failed_beyond_spare() {
-        Error::Unreachable {
-            resource: resource.to_owned(),
-            answered: tally.granted() + tally.refused(),
-            quorum: tally.quorum(),
-            nodes: tally.nodes(),
+        too_few_answers(
+            resource,
+            tally.granted() + tally.refused(),
+            (tally.quorum(), tally.nodes()),
             node_errors,
-        }
+        )
     } else {
         Error::Taken {
             resource: resource.to_owned(),
@@ -694,6 +700,74 @@ fn round_error(resource: &str, tally: &Tally, node_errors: Vec<NodeError>) -> Er
             nodes: tally.nodes(),
             node_errors,
         }
+    }
+}
+
+/// Why fewer than a quorum of nodes gave a usable answer: a request the
+/// nodes reject (a TTL above their limit) is the caller's mistake; nodes
+/// refusing grants for a while (`TRYAGAIN`) are not unreachable, and say
+/// when a quorum may grant again; otherwise the nodes are unreachable.
+pub(crate) fn too_few_answers(
+    resource: &str,
+    answered: usize,
+    (quorum, nodes): (usize, usize),
+    node_errors: Vec<NodeError>,
+) -> Error {
+    if let Some(rejected) = node_errors
+        .iter()
+        .find(|e| e.kind == NodeErrorKind::Rejected)
+    {
+        return Error::invalid(rejected_reason(rejected));
+    }
+    // A quorum needs this many more nodes than answered; the refusing
+    // nodes come back in the order of their time left.
+    let missing = quorum.saturating_sub(answered);
+    let mut waits: Vec<Duration> = node_errors
+        .iter()
+        .filter_map(|e| e.retry_after.filter(|_| e.is_refusing()))
+        .collect();
+    waits.sort_unstable();
+    match waits.get(missing.wrapping_sub(1)) {
+        Some(&retry_after) if missing > 0 => Error::Refused {
+            resource: resource.to_owned(),
+            retry_after,
+            quorum,
+            nodes,
+            node_errors,
+        },
+        _ => Error::Unreachable {
+            resource: resource.to_owned(),
+            answered,
+            quorum,
+            nodes,
+            node_errors,
+        },
+    }
+}
+
+/// A request the nodes rejected, in one line, naming their limit.
+fn rejected_reason(e: &NodeError) -> String {
+    let limit = e
+        .message
+        .contains("lock.max-ttl-ms")
+        .then(|| {
+            e.message
+                .split(" to ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .flatten();
+    match limit {
+        Some(ms) => format!(
+            "the TTL is above the nodes' limit, lock.max-ttl-ms = {ms} ({}); node {} said: {}",
+            crate::error::human_duration(Duration::from_millis(ms)),
+            e.addr,
+            e.message
+        ),
+        None => format!("node {} rejected the request: {}", e.addr, e.message),
     }
 }
 

@@ -65,6 +65,6 @@ pub use config::{
     DEFAULT_DRIFT_FIXED, DEFAULT_MAX_HOLD, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DELAY,
     DEFAULT_RETRY_JITTER, DEFAULT_WAIT,
 };
-pub use error::{Error, LossReason, NodeError, NodeErrorKind};
+pub use error::{human_duration, Error, LossReason, NodeError, NodeErrorKind};
 pub use guard::{HeldLease, LockGuard};
 pub use lease::{Lease, Token, MAX_TOKEN_LEN, TOKEN_BYTES};

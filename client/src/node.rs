@@ -170,14 +170,23 @@ impl Node {
     fn classify(&self, e: &RedisError, phase: Phase) -> NodeError {
         let code = e.code().map(str::to_owned);
         let detail = e.detail().unwrap_or_default();
-        let kind = if e.kind() == ErrorKind::AuthenticationFailed
-            || matches!(code.as_deref(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        let lower = detail.to_ascii_lowercase();
+        let kind = if code.as_deref() == Some("NOPERM") {
+            NodeErrorKind::Permission
+        } else if e.kind() == ErrorKind::AuthenticationFailed
+            || matches!(code.as_deref(), Some("WRONGPASS" | "NOAUTH"))
         {
             NodeErrorKind::Auth
-        } else if code.as_deref() == Some("ERR")
-            && detail.to_ascii_lowercase().contains("unknown command")
-        {
+        } else if code.as_deref() == Some("TRYAGAIN") {
+            NodeErrorKind::Refusing
+        } else if code.as_deref() == Some("ERR") && lower.contains("unknown command") {
             NodeErrorKind::ModuleNotLoaded
+        } else if code.as_deref() == Some("ERR")
+            && (lower.starts_with("invalid")
+                || lower.contains("wrong number of arguments")
+                || lower.contains("syntax error"))
+        {
+            NodeErrorKind::Rejected
         } else if e.is_timeout() {
             NodeErrorKind::Timeout
         } else if code.is_some() {
@@ -190,12 +199,29 @@ impl Node {
             NodeErrorKind::Io
         };
         let message = match kind {
+            // The server's text echoes the command's arguments, the token
+            // among them: say only what it means.
             NodeErrorKind::ModuleNotLoaded => {
-                format!("the LOCK.* commands are unknown (is the module loaded?): {e}")
+                "the LOCK.* commands are unknown (is the redis-lock module loaded?)".to_owned()
             }
+            NodeErrorKind::Permission => {
+                let user = self
+                    .client
+                    .get_connection_info()
+                    .redis_settings()
+                    .username()
+                    .unwrap_or("default")
+                    .to_owned();
+                format!("user {user:?}: {}", detail.trim())
+            }
+            NodeErrorKind::Refusing | NodeErrorKind::Rejected => detail.trim().to_owned(),
             _ => e.to_string(),
         };
-        self.error(kind, message).with_code(code)
+        let mut error = self.error(kind, message).with_code(code);
+        if kind == NodeErrorKind::Refusing {
+            error.retry_after = refusal_time_left(detail);
+        }
+        error
     }
 
     /// A connection that broke during the handshake (reset, broken pipe,
@@ -265,7 +291,8 @@ impl Node {
         if let Some(floor) = floor {
             cmd.arg("FENCE").arg(floor);
         }
-        match self.query(&cmd).await? {
+        let reply = self.query(&cmd).await;
+        match reply.map_err(|e| about(e, "LOCK.ACQUIRE", key, token))? {
             Value::Nil => Ok(None),
             // The module never grants below the floor it was given.
             Value::Int(fence) => u64::try_from(fence)
@@ -287,7 +314,8 @@ impl Node {
     ) -> Result<Extended, NodeError> {
         let mut cmd = redis::cmd("LOCK.EXTEND");
         cmd.arg(key).arg(token).arg(ttl_ms);
-        match self.query(&cmd).await? {
+        let reply = self.query(&cmd).await;
+        match reply.map_err(|e| about(e, "LOCK.EXTEND", key, token))? {
             Value::Int(1) => Ok(Extended::Yes),
             Value::Int(0) => Ok(Extended::NotHeld),
             Value::Int(-1) => Ok(Extended::HoldLimit),
@@ -299,7 +327,9 @@ impl Node {
     pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool, NodeError> {
         let mut cmd = redis::cmd("LOCK.RELEASE");
         cmd.arg(key).arg(token);
-        self.flag("LOCK.RELEASE", &cmd).await
+        self.flag("LOCK.RELEASE", &cmd)
+            .await
+            .map_err(|e| about(e, "LOCK.RELEASE", key, token))
     }
 
     /// `LOCK.ACQUIRE key token ttl-ms WAIT wait-ms` on a connection of its
@@ -351,7 +381,12 @@ impl Node {
         let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
         match timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
             Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),
-            Ok(Err(e)) => Err(self.classify(&e, Phase::Request)),
+            Ok(Err(e)) => Err(about(
+                self.classify(&e, Phase::Request),
+                "LOCK.ACQUIRE",
+                key,
+                token,
+            )),
             Ok(Ok(Value::Nil)) => Ok(None),
             Ok(Ok(Value::Int(fence))) => u64::try_from(fence)
                 .map(Some)
@@ -367,6 +402,23 @@ impl Node {
             other => Err(self.protocol(what, &other)),
         }
     }
+}
+
+/// A node error of request `what` on `key`: the token never shown, and a
+/// permission error naming the command and the key.
+fn about(e: NodeError, what: &str, key: &str, token: &str) -> NodeError {
+    let mut e = e.redact(token);
+    if e.kind == NodeErrorKind::Permission {
+        e.message = format!("{what} on key {key:?}, {}", e.message);
+    }
+    e
+}
+
+/// The time left in a `TRYAGAIN` refusal: `... refused for another 1234 ms ...`.
+fn refusal_time_left(detail: &str) -> Option<Duration> {
+    let rest = detail.split("for another ").nth(1)?;
+    let ms: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 fn is_broken_connection(e: &RedisError) -> bool {

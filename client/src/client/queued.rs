@@ -83,10 +83,18 @@ const MIN_WAIT: Duration = Duration::from_millis(2);
 fn ends_the_wait(
     round: Result<Lease, Error>,
     guard: &mut ReleaseOnDrop,
+    left: Duration,
     why: &str,
 ) -> ControlFlow<Result<Lease, Error>, Error> {
     match round {
-        Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
+        // Nodes refusing grants for longer than the budget: waiting cannot
+        // succeed, so it ends at once.
+        Err(e)
+            if e.is_taken()
+                || e.is_unreachable()
+                || e.is_timeout()
+                || e.retry_after().is_some_and(|after| after < left) =>
+        {
             tracing::debug!(resource = %guard.resource, error = %e, "{why}");
             ControlFlow::Continue(e)
         }
@@ -190,7 +198,12 @@ impl Client {
                 )
                 .await
                 .unwrap_or_else(|| Err(cut_short(resource, last.take(), quorum, n)));
-            let err = match ends_the_wait(round, &mut guard, "held elsewhere, queueing") {
+            let err = match ends_the_wait(
+                round,
+                &mut guard,
+                wait.saturating_sub(started.elapsed()),
+                "held elsewhere, queueing",
+            ) {
                 ControlFlow::Break(done) => return done,
                 ControlFlow::Continue(e) => e,
             };
@@ -223,9 +236,12 @@ impl Client {
                 });
             if let Queued::Quorum = outcome {
                 let round = self.acquire_round(resource, token, ttl).await;
-                if let ControlFlow::Break(done) =
-                    ends_the_wait(round, &mut guard, "queued grant not confirmed")
-                {
+                if let ControlFlow::Break(done) = ends_the_wait(
+                    round,
+                    &mut guard,
+                    wait.saturating_sub(started.elapsed()),
+                    "queued grant not confirmed",
+                ) {
                     return done;
                 }
             } else {
