@@ -247,6 +247,8 @@ pub struct ReleaseArgs {
 /// Show the lock on every node (LOCK.INFO): fence, owner fingerprint, TTL.
 ///
 /// The owner is a fingerprint of the holder's token, never the token.
+/// Exit status as for `status`: 0 if every node answered, 1 if some did not
+/// but a quorum did, 69 or 78 if fewer than a quorum did.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// The lock's name.

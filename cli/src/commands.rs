@@ -4,13 +4,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::CommandFactory;
-use redis_lock_client::{Client, Config};
+use redis_lock_client::{Client, Config, NodeErrorKind, Token};
 
 use crate::args::{
     AcquireArgs, Cli, Command, ExtendArgs, Global, InfoArgs, ReleaseArgs, StatusArgs,
 };
 use crate::exit::{self, Failure};
-use crate::nodes::{verdict, Nodes, Tally};
 use crate::{duration, output, run};
 
 /// Prints `redis-lock: message` on stderr and returns the failure's status.
@@ -69,24 +68,6 @@ pub fn config(g: &Global, max_hold: Option<Duration>) -> Result<Config, u8> {
 
 pub fn client(config: Config) -> Result<Client, u8> {
     Client::new(config).map_err(|e| fail(exit::classify(&e), e))
-}
-
-/// The nodes for direct requests, checked by the client's configuration
-/// first so that both report a bad URL the same way.
-fn nodes(g: &Global) -> Result<Nodes, u8> {
-    let config = config(g, None)?;
-    let urls: Vec<String> = node_urls(g)?
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .collect();
-    Nodes::new(
-        &urls,
-        config.node_addrs(),
-        (g.username.as_deref(), g.password.as_deref()),
-        config.quorum(),
-        (g.connect_timeout, g.timeout),
-    )
-    .map_err(|e| fail(Failure::Usage, e))
 }
 
 /// Why an acquisition failed, in one line, and its status.
@@ -153,128 +134,108 @@ pub async fn settle(g: &Global, client: &Client) {
     }
 }
 
+/// The client for `extend`, `release`, `info` and `status`.
+fn connect(g: &Global) -> Result<Client, u8> {
+    config(g, None).and_then(client)
+}
+
+fn token(raw: &str) -> Result<Token, u8> {
+    Token::new(raw).map_err(|e| fail(Failure::Usage, format!("--token: {e}")))
+}
+
+/// A failed `extend` or `release` by token: "not held" (and a hold limit
+/// that keeps the lock from being extended) is status 1.
+fn token_failure(e: &redis_lock_client::Error) -> u8 {
+    let failure = if e.is_not_held() || e.is_lost() {
+        Failure::NotHeld
+    } else {
+        exit::classify(e)
+    };
+    fail(failure, e)
+}
+
 async fn extend(g: &Global, a: ExtendArgs) -> u8 {
-    let nodes = match nodes(g) {
-        Ok(n) => n,
+    let (client, token) = match connect(g).and_then(|c| Ok((c, token(&a.token)?))) {
+        Ok(x) => x,
         Err(code) => return code,
     };
-    let ttl_ms = u64::try_from(a.lock.ttl.as_millis()).unwrap_or(u64::MAX);
-    let results = nodes
-        .extend_or_release(&a.lock.key, &a.token, Some(ttl_ms))
-        .await;
-    report(&nodes, &a.lock.key, &results, |t| {
-        format!(
-            "extended {:?} by {} on {} of {} nodes",
-            a.lock.key,
-            duration::format(a.lock.ttl),
-            t.held,
-            nodes.len()
-        )
-    })
+    let key = &a.lock.key;
+    match client.extend_token(key, &token, a.lock.ttl).await {
+        Ok(on) => {
+            put(&format!(
+                "extended {key:?} by {} on {on} of {} nodes\n",
+                duration::format(a.lock.ttl),
+                client.config().nodes()
+            ));
+            exit::OK
+        }
+        Err(e) => token_failure(&e),
+    }
 }
 
 async fn release(g: &Global, a: ReleaseArgs) -> u8 {
-    let nodes = match nodes(g) {
-        Ok(n) => n,
+    let (client, token) = match connect(g).and_then(|c| Ok((c, token(&a.token)?))) {
+        Ok(x) => x,
         Err(code) => return code,
     };
-    let results = nodes.extend_or_release(&a.key, &a.token, None).await;
-    report(&nodes, &a.key, &results, |t| {
-        format!(
-            "released {:?}: it was held on {} of {} nodes",
-            a.key,
-            t.held,
-            nodes.len()
-        )
-    })
-}
-
-/// The outcome of `extend` / `release` on stdout (success) or stderr.
-fn report(
-    nodes: &Nodes,
-    key: &str,
-    results: &[Result<bool, crate::nodes::NodeFailure>],
-    done: impl FnOnce(&Tally) -> String,
-) -> u8 {
-    let tally = Tally::of(results);
-    match verdict(&tally, nodes.len(), nodes.quorum()) {
-        Ok(()) => {
-            put(&format!("{}\n", done(&tally)));
+    match client.release_token(&a.key, &token).await {
+        Ok(r) => {
+            put(&format!(
+                "released {:?}: it was held on {} of {} nodes\n",
+                a.key,
+                r.held,
+                client.config().nodes()
+            ));
             exit::OK
         }
-        Err(failure) => {
-            let errors: Vec<String> = nodes
-                .labels()
-                .iter()
-                .zip(results)
-                .filter_map(|(label, r)| r.as_ref().err().map(|e| format!("; {label}: {e}")))
-                .collect();
-            let what = match failure {
-                Failure::NotHeld => "this token does not hold the lock on a quorum",
-                _ => "too few nodes answered to tell",
-            };
-            fail(
-                failure,
-                format!(
-                    "{key:?}: {what}: held on {}, not held on {}, failed on {} of {} nodes (quorum {}){}",
-                    tally.held,
-                    tally.not_held,
-                    tally.failed.len(),
-                    nodes.len(),
-                    nodes.quorum(),
-                    errors.concat()
-                ),
-            )
-        }
+        Err(e) => token_failure(&e),
+    }
+}
+
+/// The one rule for `info` and `status`: 0 when every node is fine, 1 when
+/// a quorum is, else the failure of the nodes that are not.
+fn health_code(ok: usize, nodes: usize, quorum: usize, kinds: Vec<NodeErrorKind>) -> u8 {
+    if ok == nodes {
+        exit::OK
+    } else if ok >= quorum {
+        exit::DEGRADED
+    } else {
+        Failure::from_node_kinds(kinds).code()
     }
 }
 
 async fn info(g: &Global, a: InfoArgs) -> u8 {
-    let nodes = match nodes(g) {
-        Ok(n) => n,
+    let client = match connect(g) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let states = nodes.lock_info(&a.key).await;
-    put(&output::info(&nodes.labels(), &states, nodes.quorum()));
-    let answered = states.iter().filter(|s| s.is_ok()).count();
-    if answered >= nodes.quorum() {
-        exit::OK
-    } else {
-        let kinds = states
-            .iter()
-            .filter_map(|s| s.as_ref().err().map(|e| e.kind));
-        let failure = Failure::from_node_kinds(kinds);
-        fail(
-            failure,
-            format!(
-                "only {answered} of {} nodes answered (quorum {})",
-                nodes.len(),
-                nodes.quorum()
-            ),
-        )
-    }
+    let views = client.lock_info(&a.key).await;
+    put(&output::info(&client.config().node_addrs(), &views));
+    let kinds = views
+        .nodes
+        .iter()
+        .filter_map(|s| s.as_ref().err().map(|e| e.kind))
+        .collect();
+    let answered = views.nodes.len() - views.failed();
+    health_code(answered, views.nodes.len(), views.quorum, kinds)
 }
 
 async fn status(g: &Global, a: StatusArgs) -> u8 {
-    let nodes = match nodes(g) {
-        Ok(n) => n,
+    let client = match connect(g) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let probes = nodes.probe(a.key.as_deref()).await;
+    let probes = client.probe(a.key.as_deref()).await;
+    let quorum = client.config().quorum();
     put(&output::status(
-        &nodes.labels(),
+        &client.config().node_addrs(),
         &probes,
         a.key.as_deref(),
-        nodes.quorum(),
+        quorum,
     ));
     let healthy = probes.iter().filter(|p| p.healthy()).count();
-    if healthy == probes.len() {
-        exit::OK
-    } else if healthy >= nodes.quorum() {
-        exit::DEGRADED
-    } else {
-        Failure::from_node_kinds(probes.iter().filter_map(|p| p.failure_kind())).code()
-    }
+    let kinds = probes.iter().filter_map(|p| p.failure_kind()).collect();
+    health_code(healthy, probes.len(), quorum, kinds)
 }
 
 pub fn completions(shell: clap_complete::Shell) -> u8 {

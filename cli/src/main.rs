@@ -29,7 +29,6 @@ mod args;
 mod commands;
 mod duration;
 mod exit;
-mod nodes;
 mod output;
 mod run;
 mod watchdog;

@@ -557,7 +557,8 @@ fn status_and_info_show_each_node() {
     let mut info = tool(&urls);
     info.args(["info", "--key", "jobs:seen"]);
     let (code, out, _) = run_tool(info);
-    assert_eq!(code, 0, "{out}");
+    // One rule for `info` and `status`: a node down is "degraded", 1.
+    assert_eq!(code, 1, "{out}");
     let held_rows = out.lines().filter(|l| l.contains("  held  ")).count();
     assert_eq!(held_rows, 2, "{out}");
     assert!(out.contains("held by owner"), "{out}");
@@ -806,4 +807,131 @@ fn the_documented_eval_idiom_stops_the_script_without_the_lock() {
             }
         }
     }
+}
+
+// ------------------------------------------- what a user met (issue 12)
+
+#[test]
+fn a_ttl_above_the_nodes_limit_is_a_usage_error_naming_the_limit() {
+    let set = NodeSet::start_with(3, |_| {
+        Server::builder(testkit::first_flavor()).module_arg("max-ttl-ms", "60000")
+    });
+    let mut cmd = tool(&urls(&set));
+    cmd.args(["acquire", "--key", "k", "--ttl", "2m"]);
+    let (code, _, err) = run_tool(cmd);
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("lock.max-ttl-ms = 60000 (1m00s)"), "{err}");
+    assert!(
+        !err.contains("unavailable") && !err.contains("ResponseError"),
+        "{err}"
+    );
+    assert_eq!(held_on(&set, "k"), 0);
+}
+
+#[test]
+fn a_permission_error_is_not_an_authentication_failure_and_status_works_for_the_app_user() {
+    let set = nodes(3);
+    // The least-privilege user docs/COMMANDS.md recommends.
+    for s in &set.nodes {
+        testkit::lockcmd::user_conn(
+            s,
+            "app",
+            "secret",
+            &[
+                "~locks:*",
+                "+lock.acquire",
+                "+lock.extend",
+                "+lock.release",
+                "+lock.info",
+            ],
+        );
+    }
+    let app_urls: Vec<String> = set
+        .nodes
+        .iter()
+        .map(|s| format!("redis://app:secret@127.0.0.1:{}", s.port()))
+        .collect();
+    let app_urls = app_urls.join(",");
+
+    let mut denied = tool(&app_urls);
+    denied.args(["acquire", "--key", "other:x"]);
+    let (code, out, err) = run_tool(denied);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains("\"app\"") && err.contains("\"other:x\""),
+        "{err}"
+    );
+    assert!(!err.contains("authentication"), "{err}");
+    assert_eq!(out, "(exit 78)\n");
+
+    let mut wrong = tool(
+        &set.nodes
+            .iter()
+            .map(|s| format!("redis://app:wrong@127.0.0.1:{}", s.port()))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    wrong.args(["acquire", "--key", "locks:x"]);
+    let (code, _, err) = run_tool(wrong);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("authentication failed"), "{err}");
+
+    acquire(&app_urls, "locks:x", "30s");
+    let mut status = tool(&app_urls);
+    status.args(["status", "--key", "locks:x"]);
+    let (code, out, err) = run_tool(status);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 of 3 nodes healthy, quorum 2: ok"), "{out}");
+    assert!(out.contains("not readable with this user"), "{out}");
+    assert!(out.contains("lock: held by owner"), "{out}");
+}
+
+#[test]
+fn a_node_refusing_grants_is_reported_with_its_time_left_and_a_long_wait_ends_at_once() {
+    let set = NodeSet::start_with(1, |_| {
+        Server::builder(testkit::first_flavor()).module_arg("rejoin-delay-ms", "3600000")
+    });
+    let mut cmd = tool(&urls(&set));
+    cmd.args(["acquire", "--key", "k", "--wait", "10m"]);
+    let started = Instant::now();
+    let (code, _, err) = run_tool(cmd);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for nothing"
+    );
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("refusing new grants"), "{err}");
+    assert!(
+        err.contains("possible again in 59m") || err.contains("possible again in 1h00m"),
+        "{err}"
+    );
+    assert!(!err.contains("0 of 1 answered"), "{err}");
+
+    let mut status = tool(&urls(&set));
+    status.arg("status");
+    let (_, out, _) = run_tool(status);
+    assert!(out.contains("refusing grants for"), "{out}");
+}
+
+#[test]
+fn no_output_contains_a_token() {
+    let set = NodeSet::start_with(3, |_| Server::builder(testkit::first_flavor()).no_module());
+    let secret = "s3cret-token-4f1e9a";
+    for args in [
+        &["extend", "--key", "k", "--token", secret][..],
+        &["release", "--key", "k", "--token", secret],
+    ] {
+        let mut cmd = tool(&urls(&set));
+        cmd.args(args);
+        let (code, out, err) = run_tool(cmd);
+        assert_eq!(code, 78, "{err}");
+        assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+        assert!(!err.contains("with args beginning"), "{err}");
+    }
+    let mut cmd = tool(&urls(&set));
+    cmd.args(["acquire", "--key", "k"]);
+    let (_, _, err) = run_tool(cmd);
+    assert!(!err.contains("with args beginning"), "{err}");
 }

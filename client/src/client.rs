@@ -67,6 +67,15 @@ impl fmt::Debug for Client {
     }
 }
 
+/// Each node's answer to a request by a bare token.
+#[derive(Default)]
+struct TokenCount {
+    held: usize,
+    not_held: usize,
+    hold_limited: usize,
+    errors: Vec<NodeError>,
+}
+
 /// A TTL as the client uses it: whole milliseconds, as sent to the nodes.
 #[derive(Clone, Copy)]
 struct Ttl {
@@ -624,6 +633,89 @@ impl Client {
             });
         }
         Ok(released)
+    }
+
+    /// Extends a lease held by `token` (handed over from another process,
+    /// say a script's `redis-lock acquire`) to `ttl` from now on every node
+    /// that holds it. Returns on how many nodes it was extended (a quorum at
+    /// least); [`Error::NotHeld`] if the token does not hold it on a quorum,
+    /// [`Error::Lost`] with [`LossReason::HoldLimit`] if the nodes' hold
+    /// limit keeps a quorum from extending.
+    pub async fn extend_token(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<usize, Error> {
+        Self::check_resource(resource)?;
+        let ttl = self.check_ttl(ttl)?;
+        let answers = futures_util::future::join_all(
+            self.inner
+                .nodes
+                .iter()
+                .map(|n| n.extend(resource, token.as_str(), ttl.millis)),
+        )
+        .await;
+        let mut count = TokenCount::default();
+        for answer in answers {
+            match answer {
+                Ok(Extended::Yes) => count.held += 1,
+                Ok(Extended::NotHeld) => count.not_held += 1,
+                Ok(Extended::HoldLimit) => count.hold_limited += 1,
+                Err(e) => count.errors.push(e),
+            }
+        }
+        let held = count.held;
+        self.token_verdict(resource, count).map(|()| held)
+    }
+
+    /// Releases a lock held by `token` (handed over from another process)
+    /// on every node, waiting for each node's answer (each bounded by the
+    /// per-node timeouts). [`Error::NotHeld`] if the token did not hold it
+    /// on a quorum (already released, run out, or another's).
+    pub async fn release_token(&self, resource: &str, token: &Token) -> Result<Released, Error> {
+        Self::check_resource(resource)?;
+        let all = vec![true; self.inner.nodes.len()];
+        let released = release_nodes(&self.inner, resource, token, &all, Wait::All).await;
+        let count = TokenCount {
+            held: released.held,
+            not_held: released.not_held,
+            hold_limited: 0,
+            errors: released.failed.clone(),
+        };
+        self.token_verdict(resource, count).map(|()| released)
+    }
+
+    /// Whether a token held a lock on a quorum, from each node's answer.
+    fn token_verdict(&self, resource: &str, c: TokenCount) -> Result<(), Error> {
+        let (quorum, nodes) = (self.inner.config.quorum, self.inner.nodes.len());
+        let spare = nodes.saturating_sub(quorum);
+        if c.held >= quorum {
+            Ok(())
+        } else if c.not_held + c.hold_limited > spare {
+            if c.hold_limited > 0 && c.not_held <= spare {
+                Err(Error::Lost {
+                    resource: resource.to_owned(),
+                    reason: LossReason::HoldLimit,
+                })
+            } else {
+                Err(Error::NotHeld {
+                    resource: resource.to_owned(),
+                    held: c.held,
+                    not_held: c.not_held + c.hold_limited,
+                    quorum,
+                    nodes,
+                    node_errors: c.errors,
+                })
+            }
+        } else {
+            Err(too_few_answers(
+                resource,
+                c.held + c.not_held + c.hold_limited,
+                (quorum, nodes),
+                c.errors,
+            ))
+        }
     }
 
     /// Acquires (waiting up to `wait`) and returns a guard that renews the

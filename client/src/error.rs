@@ -115,6 +115,19 @@ impl NodeError {
         self
     }
 
+    /// A permission error names the request it refused: `what` (a command)
+    /// and `key` (if any).
+    pub(crate) fn about(mut self, what: &str, key: &str) -> Self {
+        if self.kind == NodeErrorKind::Permission {
+            self.message = if key.is_empty() {
+                format!("{what}: {}", self.message)
+            } else {
+                format!("{what} on key {key:?}: {}", self.message)
+            };
+        }
+        self
+    }
+
     /// Marks the request as never sent (see [`NodeError::may_have_reached`]).
     pub(crate) fn unsent(mut self) -> Self {
         self.sent = false;
@@ -236,6 +249,21 @@ pub enum Error {
         /// Every node error of the round, the refusals among them.
         node_errors: Vec<NodeError>,
     },
+    /// A token handed over from elsewhere ([`crate::Client::extend_token`],
+    /// [`crate::Client::release_token`]) does not hold the lock on a
+    /// quorum: so many nodes answered "not held by this token" that a
+    /// quorum cannot hold it.
+    #[non_exhaustive]
+    NotHeld {
+        resource: String,
+        /// Nodes where the token held it.
+        held: usize,
+        /// Nodes where it did not.
+        not_held: usize,
+        quorum: usize,
+        nodes: usize,
+        node_errors: Vec<NodeError>,
+    },
     /// The caller's wait budget ran out; `last` is the error of the last
     /// round.
     #[non_exhaustive]
@@ -354,6 +382,11 @@ impl Error {
         matches!(self, Error::Expired { .. })
     }
 
+    /// The token does not hold the lock on a quorum ([`Error::NotHeld`]).
+    pub fn is_not_held(&self) -> bool {
+        matches!(self, Error::NotHeld { .. })
+    }
+
     /// The lock was lost while held (see [`LossReason`]).
     pub fn is_lost(&self) -> bool {
         matches!(self, Error::Lost { .. })
@@ -386,7 +419,8 @@ impl Error {
         match self {
             Error::Taken { node_errors, .. }
             | Error::Unreachable { node_errors, .. }
-            | Error::Refused { node_errors, .. } => node_errors,
+            | Error::Refused { node_errors, .. }
+            | Error::NotHeld { node_errors, .. } => node_errors,
             Error::Timeout { last, .. } => last.node_errors(),
             _ => &[],
         }
@@ -450,6 +484,21 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "not enough nodes reachable for {resource:?}: {answered} of {nodes} answered, {quorum} needed"
+                )?;
+                write_node_errors(f, node_errors)
+            }
+            Error::NotHeld {
+                resource,
+                held,
+                not_held,
+                quorum,
+                nodes,
+                node_errors,
+            } => {
+                write!(
+                    f,
+                    "this token does not hold the lock {resource:?} on a quorum: held on {held}, \
+                     not held on {not_held} of {nodes} nodes ({quorum} needed)"
                 )?;
                 write_node_errors(f, node_errors)
             }

@@ -55,6 +55,7 @@ mod client;
 mod config;
 mod error;
 mod guard;
+mod inspect;
 mod lease;
 mod node;
 mod quorum;
@@ -67,4 +68,5 @@ pub use config::{
 };
 pub use error::{human_duration, Error, LossReason, NodeError, NodeErrorKind};
 pub use guard::{HeldLease, LockGuard};
+pub use inspect::{Holder, LockView, LockViews, ModuleState, NodeHealth};
 pub use lease::{Lease, Token, MAX_TOKEN_LEN, TOKEN_BYTES};

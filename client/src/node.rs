@@ -63,7 +63,7 @@ impl Node {
         })
     }
 
-    fn error(&self, kind: NodeErrorKind, message: impl Into<String>) -> NodeError {
+    pub(crate) fn error(&self, kind: NodeErrorKind, message: impl Into<String>) -> NodeError {
         NodeError::new(self.index, &self.label, kind, message.into())
     }
 
@@ -268,6 +268,10 @@ impl Node {
         }
     }
 
+    pub(crate) fn protocol_error(&self, what: String) -> NodeError {
+        self.error(NodeErrorKind::Protocol, what)
+    }
+
     fn protocol(&self, what: &str, value: &Value) -> NodeError {
         self.error(
             NodeErrorKind::Protocol,
@@ -407,11 +411,7 @@ impl Node {
 /// A node error of request `what` on `key`: the token never shown, and a
 /// permission error naming the command and the key.
 fn about(e: NodeError, what: &str, key: &str, token: &str) -> NodeError {
-    let mut e = e.redact(token);
-    if e.kind == NodeErrorKind::Permission {
-        e.message = format!("{what} on key {key:?}, {}", e.message);
-    }
-    e
+    e.redact(token).about(what, key)
 }
 
 /// The time left in a `TRYAGAIN` refusal: `... refused for another 1234 ms ...`.
