@@ -76,6 +76,32 @@ pub struct Global {
     )]
     pub password: Option<String>,
 
+    /// For rediss:// nodes: trust the CA certificate(s) in this PEM file
+    /// instead of the system's.
+    #[arg(long, env = "REDIS_LOCK_TLS_CA", global = true, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// For rediss:// nodes that require a client certificate: its PEM file
+    /// (with --tls-key).
+    #[arg(
+        long,
+        env = "REDIS_LOCK_TLS_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert, a PEM file.
+    #[arg(
+        long,
+        env = "REDIS_LOCK_TLS_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Limit on one request to one node.
     #[arg(long, env = "REDIS_LOCK_TIMEOUT", global = true, default_value = "250ms", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub timeout: Duration,

@@ -63,6 +63,12 @@ pub fn config(g: &Global, max_hold: Option<Duration>) -> Result<Config, u8> {
     if let Some(p) = &g.password {
         b = b.password(p);
     }
+    if let Some(ca) = &g.tls_ca {
+        b = b.tls_ca_file(ca);
+    }
+    if let (Some(cert), Some(key)) = (&g.tls_cert, &g.tls_key) {
+        b = b.tls_client_cert(cert, key);
+    }
     b.build().map_err(|e| fail(exit::classify(&e), e))
 }
 

@@ -935,3 +935,45 @@ fn no_output_contains_a_token() {
     let (_, _, err) = run_tool(cmd);
     assert!(!err.contains("with args beginning"), "{err}");
 }
+
+#[test]
+fn tls_nodes_work_with_a_ca_file_and_a_client_certificate() {
+    let certs = testkit::tls::Certs::generate();
+    let mut ports = Vec::new();
+    let servers: Vec<Server> = (0..3)
+        .map(|_| {
+            let (builder, port) = certs.server(testkit::Flavor::Redis7);
+            ports.push(port);
+            builder.start()
+        })
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("rediss://localhost:{p}"))
+        .collect();
+    let urls = urls.join(",");
+    let with_certs = |cmd: &mut Command| {
+        cmd.env("REDIS_LOCK_TLS_CA", certs.path("ca.crt"))
+            .args(["--tls-cert".as_ref(), certs.path("client.crt").as_os_str()])
+            .args(["--tls-key".as_ref(), certs.path("client.key").as_os_str()]);
+    };
+    let mut acquire = tool(&urls);
+    with_certs(&mut acquire);
+    acquire.args(["acquire", "--key", "tls:k", "--ttl", "30s"]);
+    let (code, out, err) = run_tool(acquire);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("REDIS_LOCK_FENCE="), "{out}");
+    assert_eq!(testkit::lockcmd::held_on(&servers, "tls:k"), 3);
+
+    let mut status = tool(&urls);
+    with_certs(&mut status);
+    status.arg("status");
+    let (code, out, err) = run_tool(status);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Without the CA the server's certificate is not trusted: no panic.
+    let mut untrusted = tool(&urls);
+    untrusted.args(["acquire", "--key", "tls:other"]);
+    let (code, _, err) = run_tool(untrusted);
+    assert_eq!(code, 69, "{err}");
+}

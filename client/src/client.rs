@@ -118,7 +118,15 @@ impl Client {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, spec)| Node::new(i, spec, config.connect_timeout, config.request_timeout))
+            .map(|(i, spec)| {
+                Node::new(
+                    i,
+                    spec,
+                    config.tls.as_ref(),
+                    config.connect_timeout,
+                    config.request_timeout,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client {
             inner: Arc::new(Inner {

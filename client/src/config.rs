@@ -102,6 +102,25 @@ pub struct Config {
     pub(crate) max_hold: Duration,
     pub(crate) fenced: bool,
     pub(crate) server_wait: bool,
+    /// Certificates for `rediss://` nodes: a CA to trust instead of the
+    /// system's, a client certificate and key.
+    pub(crate) tls: Option<Tls>,
+}
+
+/// PEM contents read from the configured files.
+#[derive(Clone, Default)]
+pub(crate) struct Tls {
+    pub(crate) ca: Option<Vec<u8>>,
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
 }
 
 impl Config {
@@ -155,8 +174,26 @@ impl Config {
         quorum::drift(ttl, self.drift_factor, self.drift_fixed)
     }
 
+    /// The wait budget of [`crate::Client::acquire_default`] and
+    /// [`crate::Client::with_lock`].
     pub fn default_wait(&self) -> Duration {
         self.default_wait
+    }
+
+    /// At most this many rounds after the first (`None`: only the wait
+    /// budget limits them).
+    pub fn retry_count(&self) -> Option<u32> {
+        self.retry_count
+    }
+
+    /// Base delay between rounds when polling.
+    pub fn retry_delay(&self) -> Duration {
+        self.retry_delay
+    }
+
+    /// Random extra delay between rounds, uniform in `[0, jitter]`.
+    pub fn retry_jitter(&self) -> Duration {
+        self.retry_jitter
     }
 
     pub fn max_hold(&self) -> Duration {
@@ -203,6 +240,8 @@ pub struct ConfigBuilder {
     max_hold: Duration,
     fenced: bool,
     server_wait: bool,
+    tls_ca: Option<std::path::PathBuf>,
+    tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -236,7 +275,27 @@ impl ConfigBuilder {
             max_hold: DEFAULT_MAX_HOLD,
             fenced: true,
             server_wait: true,
+            tls_ca: None,
+            tls_client: None,
         }
+    }
+
+    /// For `rediss://` nodes: trust the CA certificate(s) in this PEM file
+    /// instead of the system's.
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
+    }
+
+    /// For `rediss://` nodes that ask for one (`tls-auth-clients`): the
+    /// client certificate and its private key, PEM files.
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls_client = Some((cert.into(), key.into()));
+        self
     }
 
     /// Adds one node given as a `redis::ConnectionInfo`.
@@ -425,6 +484,27 @@ impl ConfigBuilder {
         if self.max_hold.is_zero() {
             return Err(Error::config("maximum hold must be positive"));
         }
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::config(format!("{what} {}: {e}", path.display())))
+        };
+        let tls = if self.tls_ca.is_some() || self.tls_client.is_some() {
+            Some(Tls {
+                ca: match &self.tls_ca {
+                    Some(p) => Some(read("TLS CA file", p)?),
+                    None => None,
+                },
+                client: match &self.tls_client {
+                    Some((c, k)) => Some((
+                        read("TLS client certificate", c)?,
+                        read("TLS client key", k)?,
+                    )),
+                    None => None,
+                },
+            })
+        } else {
+            None
+        };
         Ok(Config {
             nodes,
             quorum,
@@ -439,6 +519,7 @@ impl ConfigBuilder {
             max_hold: self.max_hold,
             server_wait: self.server_wait,
             fenced: self.fenced,
+            tls,
         })
     }
 }

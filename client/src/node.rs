@@ -8,7 +8,7 @@ use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, Value};
 use tokio::sync::Mutex;
 use tokio::time::timeout;
 
-use crate::config::NodeSpec;
+use crate::config::{NodeSpec, Tls};
 use crate::error::{Error, NodeError, NodeErrorKind};
 
 /// The cached connection and a generation number, so that a request that
@@ -48,10 +48,11 @@ impl Node {
     pub(crate) fn new(
         index: usize,
         spec: &NodeSpec,
+        tls: Option<&Tls>,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Node, Error> {
-        let client = redis::Client::open(spec.info.clone())
+        let client = open(spec, tls)
             .map_err(|e| Error::config(format!("node #{index} ({}): {e}", spec.label)))?;
         Ok(Node {
             index,
@@ -406,6 +407,32 @@ impl Node {
             other => Err(self.protocol(what, &other)),
         }
     }
+}
+
+/// The redis client of one node, with the configured certificates for a
+/// `rediss://` node. rustls needs a process-wide crypto provider: ring is
+/// installed unless the program installed one itself.
+fn open(spec: &NodeSpec, tls: Option<&Tls>) -> redis::RedisResult<redis::Client> {
+    #[cfg(feature = "tls")]
+    if matches!(spec.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(tls) = tls {
+            return redis::Client::build_with_tls(
+                spec.info.clone(),
+                redis::TlsCertificates {
+                    client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert: tls.ca.clone(),
+                },
+            );
+        }
+    }
+    let _ = tls;
+    redis::Client::open(spec.info.clone())
 }
 
 /// A node error of request `what` on `key`: the token never shown, and a
