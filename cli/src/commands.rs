@@ -76,6 +76,16 @@ pub fn client(config: Config) -> Result<Client, u8> {
     Client::new(config).map_err(|e| fail(exit::classify(&e), e))
 }
 
+/// The client for taking a lock: refused if two addresses are one server.
+pub async fn locking_client(g: &Global, max_hold: Option<Duration>) -> Result<Client, u8> {
+    let client = config(g, max_hold).and_then(client)?;
+    client
+        .check_distinct()
+        .await
+        .map_err(|e| fail(exit::classify(&e), e))?;
+    Ok(client)
+}
+
 /// Why an acquisition failed, in one line, and its status.
 pub fn not_acquired(e: &redis_lock_client::Error) -> u8 {
     let failure = exit::classify(e);
@@ -88,7 +98,7 @@ pub fn not_acquired(e: &redis_lock_client::Error) -> u8 {
 }
 
 async fn acquire(g: &Global, a: AcquireArgs) -> u8 {
-    let client = match config(g, None).and_then(client) {
+    let client = match locking_client(g, None).await {
         Ok(c) => c,
         Err(code) => return code,
     };

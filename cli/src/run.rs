@@ -216,7 +216,7 @@ struct Ended {
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> u8 {
-    let client = match commands::config(g, a.max_hold).and_then(commands::client) {
+    let client = match commands::locking_client(g, a.max_hold).await {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -31,11 +31,7 @@ fn usage_errors_exit_64() {
             "needs a unit",
         ),
         ("redis://127.0.0.1:1", &["run", "--key", "k"], "COMMAND"),
-        (
-            "not-a-url",
-            &["acquire", "--key", "k"],
-            "not a valid Redis URL",
-        ),
+        ("not-a-url", &["acquire", "--key", "k"], "not a Redis URL"),
         (
             "redis://127.0.0.1:1",
             &["frobnicate"],
@@ -976,4 +972,85 @@ fn tls_nodes_work_with_a_ca_file_and_a_client_certificate() {
     untrusted.args(["acquire", "--key", "tls:other"]);
     let (code, _, err) = run_tool(untrusted);
     assert_eq!(code, 69, "{err}");
+}
+
+/// A port that answers like a web server: several lines, then closes.
+fn not_redis() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    thread::spawn(move || {
+        let deadline = Instant::now() + LIMIT;
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Type: text/html\r\n\r\n<html>\r\n<h1>400</h1>\r\n</html>\r\n",
+                    );
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    (port, stop)
+}
+
+#[test]
+fn a_port_that_is_not_redis_takes_one_line_of_the_status_table() {
+    let set = nodes(2);
+    let (port, stop) = not_redis();
+    let urls = format!("{},redis://127.0.0.1:{port}", urls(&set));
+    let mut status = tool(&urls);
+    status.arg("status");
+    let (code, out, _) = run_tool(status);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(code, 1, "{out}");
+    // Header, three nodes, the verdict.
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}  no ")), "{out}");
+}
+
+#[test]
+fn an_address_without_a_scheme_says_what_a_node_address_looks_like() {
+    let mut cmd = tool("localhost:6379");
+    cmd.args(["acquire", "--key", "k"]);
+    let (code, _, err) = run_tool(cmd);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("redis://[user:password@]host:port"), "{err}");
+    assert!(!err.contains("InvalidClientConfig"), "{err}");
+}
+
+#[test]
+fn two_addresses_of_one_server_are_refused() {
+    let set = nodes(2);
+    let port = set.nodes[0].port();
+    let urls = format!(
+        "redis://localhost:{port},redis://127.0.0.1:{port},{}",
+        set.nodes[1].url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for args in [
+        vec!["acquire".to_owned(), "--key".into(), "k".into()],
+        vec![
+            "run".into(),
+            "--key".into(),
+            "k".into(),
+            "--".into(),
+            "touch".into(),
+            marker.display().to_string(),
+        ],
+    ] {
+        let mut cmd = tool(&urls);
+        cmd.args(&args);
+        let (code, _, err) = run_tool(cmd);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains("are the same server"), "{err}");
+    }
+    assert!(!marker.exists(), "ran on one server counted twice");
+    assert_eq!(held_on(&set, "k"), 0);
 }

@@ -408,8 +408,19 @@ impl ConfigBuilder {
             }
             // The address may contain a password: report the position and
             // the parser's complaint, never the address itself.
+            let schemes = ["redis://", "rediss://", "unix://", "redis+unix://"];
+            if !schemes.iter().any(|s| addr.starts_with(s)) {
+                return Err(Error::config(format!(
+                    "node address #{i} is not a Redis URL: write each node as \
+                     redis://[user:password@]host:port[/db], or rediss:// for TLS \
+                     (e.g. redis://localhost:6379)"
+                )));
+            }
             let info = addr.as_str().into_connection_info().map_err(|e| {
-                Error::config(format!("node address #{i} is not a valid Redis URL: {e}"))
+                Error::config(format!(
+                    "node address #{i} is not a valid Redis URL ({e}): write each node as \
+                     redis://[user:password@]host:port[/db], or rediss:// for TLS"
+                ))
             })?;
             infos.push(info);
         }
@@ -615,9 +626,9 @@ mod tests {
             (Config::builder("redis://127.0.0.1:1,"), "#1 is empty"),
             (
                 Config::builder("http://127.0.0.1:1"),
-                "#0 is not a valid Redis URL",
+                "#0 is not a Redis URL",
             ),
-            (Config::builder("not a url"), "#0 is not a valid Redis URL"),
+            (Config::builder("not a url"), "#0 is not a Redis URL"),
             (
                 Config::builder("redis://127.0.0.1:1,redis://127.0.0.1:1"),
                 "listed twice",

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use redis::Value;
 
 use crate::client::Client;
-use crate::error::{NodeError, NodeErrorKind};
+use crate::error::{Error, NodeError, NodeErrorKind};
 use crate::node::Node;
 
 /// A held lock as `LOCK.INFO` shows it on one node.
@@ -173,6 +173,39 @@ impl Client {
     /// is reported as such, and the module is then told by `LOCK.INFO`.
     pub async fn probe(&self, resource: Option<&str>) -> Vec<NodeHealth> {
         join_all(self.inner.nodes.iter().map(|n| probe_node(n, resource))).await
+    }
+}
+
+impl Client {
+    /// Refuses a node set in which two entries are one server (`localhost`
+    /// and `127.0.0.1`, a name and its address): each server's `run_id`
+    /// tells. One server counted twice could make a quorum on its own.
+    /// Nodes that cannot be reached, or whose user may not run `INFO`, are
+    /// not compared.
+    pub async fn check_distinct(&self) -> Result<(), Error> {
+        let ids = join_all(self.inner.nodes.iter().map(|n| async move {
+            let mut info = redis::cmd("INFO");
+            info.arg("server");
+            let text = value_text(&n.query(&info).await.ok()?);
+            info_field(&text, "run_id")
+        }))
+        .await;
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(id) = id else { continue };
+            if let Some(first) = seen.insert(id, i) {
+                let label = |i: usize| self.inner.nodes.get(i).map_or("?", |n| n.label.as_str());
+                return Err(Error::Config {
+                    reason: format!(
+                        "nodes #{first} ({}) and #{i} ({}) are the same server (one run_id): \
+                         one server must not count twice towards the quorum",
+                        label(first),
+                        label(i)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
