@@ -110,9 +110,10 @@ pub struct Global {
     #[arg(long, env = "REDIS_LOCK_CONNECT_TIMEOUT", global = true, default_value = "500ms", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
 
-    /// Pause between attempts while waiting for a lock (plus up to as much
-    /// again at random, so that waiters do not retry in step).
-    #[arg(long, env = "REDIS_LOCK_RETRY", global = true, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    /// Pause between rounds when a round fails while waiting (nodes down or
+    /// refusing; plus up to as much again at random). The wait itself is in
+    /// the nodes' queues: no polling. Rarely needed, so not in --help.
+    #[arg(long, env = "REDIS_LOCK_RETRY", global = true, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION", hide = true)]
     pub retry: Duration,
 }
 
@@ -169,9 +170,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub lock: LockArgs,
 
-    /// How long to wait for the lock if another holds it (0: one attempt).
-    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
-    pub wait: Duration,
+    #[command(flatten)]
+    pub waiting: WaitArgs,
 
     /// Stop renewing after this long: the lock then runs out and the command
     /// is stopped as on any loss. Default: no limit.
@@ -196,6 +196,35 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<OsString>,
+}
+
+/// How to wait for a lock another holds (flags as in flock(1)).
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// How long to wait, in the nodes' queues, for the lock if another holds
+    /// it (like flock -w; 0: do not wait).
+    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+
+    /// Fail at once if another holds the lock (like flock -n): --wait 0.
+    #[arg(long)]
+    pub nonblock: bool,
+
+    /// Exit status when another holds the lock until the wait runs out
+    /// (like flock -E).
+    #[arg(short = 'E', long, default_value_t = crate::exit::NOT_ACQUIRED, value_name = "STATUS")]
+    pub conflict_exit_code: u8,
+}
+
+impl WaitArgs {
+    /// The wait budget: none with --nonblock.
+    pub fn budget(&self) -> Duration {
+        if self.nonblock {
+            Duration::ZERO
+        } else {
+            self.wait
+        }
+    }
 }
 
 /// The lock's key and lease length.
@@ -234,9 +263,8 @@ pub struct AcquireArgs {
     #[command(flatten)]
     pub lock: LockArgs,
 
-    /// How long to wait for the lock if another holds it (0: one attempt).
-    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
-    pub wait: Duration,
+    #[command(flatten)]
+    pub waiting: WaitArgs,
 }
 
 /// Extend a lease taken by `acquire`: its TTL starts again from now.
@@ -299,6 +327,7 @@ pub struct StatusArgs {
 /// zsh:  redis-lock completions zsh > "${fpath[1]}/_redis-lock"
 /// fish: redis-lock completions fish > ~/.config/fish/completions/redis-lock.fish
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
@@ -341,7 +370,8 @@ mod tests {
         };
         assert_eq!(run.lock.key, "job");
         assert_eq!(run.lock.ttl, Duration::from_secs(2));
-        assert_eq!(run.wait, Duration::from_secs(600));
+        assert_eq!(run.waiting.budget(), Duration::from_secs(600));
+        assert_eq!(run.waiting.conflict_exit_code, 75);
         assert_eq!(run.kill_grace, Duration::from_secs(5));
         assert_eq!(run.max_hold, None);
         assert_eq!(run.command, ["sh", "-c", "echo --ttl"]);

@@ -76,35 +76,38 @@ pub fn client(config: Config) -> Result<Client, u8> {
     Client::new(config).map_err(|e| fail(exit::classify(&e), e))
 }
 
-/// The client for taking a lock: refused if two addresses are one server.
-pub async fn locking_client(g: &Global, max_hold: Option<Duration>) -> Result<Client, u8> {
-    let client = config(g, max_hold).and_then(client)?;
-    client
-        .check_distinct()
-        .await
-        .map_err(|e| fail(exit::classify(&e), e))?;
-    Ok(client)
-}
-
 /// Why an acquisition failed, in one line, and its status.
-pub fn not_acquired(e: &redis_lock_client::Error) -> u8 {
+/// `conflict` is the status for a lock held by another (`-E`).
+pub fn not_acquired(e: &redis_lock_client::Error, conflict: u8) -> u8 {
     let failure = exit::classify(e);
     let what = match failure {
         Failure::Usage | Failure::Internal => e.to_string(),
         // The client's message names the lock.
         _ => format!("not acquired: {e}"),
     };
-    fail(failure, what)
+    let code = fail(failure, what);
+    if failure == Failure::Taken {
+        conflict
+    } else {
+        code
+    }
 }
 
 async fn acquire(g: &Global, a: AcquireArgs) -> u8 {
-    let client = match locking_client(g, None).await {
+    let client = match config(g, None).and_then(client) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let key = a.lock.key.as_str();
-    match client.acquire(key, a.lock.ttl, a.wait).await {
+    match client.acquire(key, a.lock.ttl, a.waiting.budget()).await {
         Ok(lease) => {
+            // Checked once connected (no extra wait for nodes that are
+            // down): one server listed twice must not make the quorum.
+            if let Err(e) = client.check_distinct().await {
+                let _ = client.release(&lease).await;
+                settle(g, &client).await;
+                return fail(Failure::Usage, e);
+            }
             let shown = output::acquired(
                 key,
                 lease.token().as_str(),
@@ -127,7 +130,7 @@ async fn acquire(g: &Global, a: AcquireArgs) -> u8 {
             exit::OK
         }
         Err(e) => {
-            let code = not_acquired(&e);
+            let code = not_acquired(&e, a.waiting.conflict_exit_code);
             settle(g, &client).await;
             code
         }

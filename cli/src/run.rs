@@ -194,7 +194,16 @@ async fn release(
     match guard.release().await {
         Ok(r) => {
             if verbose {
-                say!("redis-lock: released {key:?} (freed on {} nodes)", r.held);
+                let still = if r.pending > 0 {
+                    format!(", {} more finishing", r.pending)
+                } else {
+                    String::new()
+                };
+                say!(
+                    "redis-lock: released {key:?}: freed on {} of {} nodes{still}",
+                    r.held,
+                    client.config().nodes()
+                );
             }
         }
         Err(e) => say!(
@@ -216,7 +225,7 @@ struct Ended {
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> u8 {
-    let client = match commands::locking_client(g, a.max_hold).await {
+    let client = match commands::config(g, a.max_hold).and_then(commands::client) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -228,9 +237,9 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
     let ttl = a.lock.ttl;
 
     let guard = tokio::select! {
-        r = client.lock(key, ttl, a.wait) => match r {
+        r = client.lock(key, ttl, a.waiting.budget()) => match r {
             Ok(guard) => guard,
-            Err(e) => return commands::not_acquired(&e),
+            Err(e) => return commands::not_acquired(&e, a.waiting.conflict_exit_code),
         },
         sig = signals.recv() => {
             say!("redis-lock: {} while waiting for {key:?}; not running the command", signal_name(sig));
@@ -240,6 +249,11 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
             return 128u8.saturating_add(u8::try_from(sig).unwrap_or(0));
         }
     };
+    if let Err(e) = client.check_distinct().await {
+        let _ = guard.release().await;
+        commands::settle(g, &client).await;
+        return fail(Failure::Usage, e);
+    }
     let fence = guard.fence();
     if a.verbose {
         say!("redis-lock: acquired {key:?}, fence {fence}");

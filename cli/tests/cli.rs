@@ -114,7 +114,23 @@ fn held_lock_exits_75_once_the_wait_runs_out() {
     assert_eq!(code, 75, "{err}");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(err.contains("not acquired"), "{err}");
+    // Said once, in rounds, with a readable duration.
+    assert_eq!(err.matches("\"busy\"").count(), 1, "{err}");
+    assert!(err.contains(" round") && !err.contains("attempts"), "{err}");
     assert!(!marker.exists(), "the command ran without the lock");
+
+    // flock's habits: --nonblock fails at once, -E picks the status.
+    for flags in [&["--nonblock"][..], &["-n", "-E", "3"][..]] {
+        let want = if flags.contains(&"-E") { 3 } else { 75 };
+        let flags: Vec<&str> = flags
+            .iter()
+            .map(|f| if *f == "-n" { "--nonblock" } else { f })
+            .collect();
+        let started = Instant::now();
+        let (code, _, err) = run_tool(run_sh(&urls, "busy", &flags, "true"));
+        assert_eq!(code, want, "{flags:?}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{flags:?}");
+    }
 
     // The holder's token releases it; a second release says it is not held.
     for want in [0, 1] {
@@ -559,6 +575,28 @@ fn status_and_info_show_each_node() {
     assert_eq!(held_rows, 2, "{out}");
     assert!(out.contains("held by owner"), "{out}");
     assert!(out.contains("1 not answering"), "{out}");
+}
+
+#[test]
+fn completions_help_shows_one_line_per_shell_and_no_polling_flag() {
+    let mut help = tool("");
+    help.args(["completions", "--help"]);
+    let (code, out, _) = run_tool(help);
+    assert_eq!(code, 0);
+    for shell in ["bash:", "zsh:", "fish:"] {
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.trim_start().starts_with(shell))
+                .count(),
+            1,
+            "{shell} not on a line of its own:\n{out}"
+        );
+    }
+    assert!(!out.contains("--retry"), "{out}");
+    let mut top = tool("");
+    top.arg("--help");
+    let (_, out, _) = run_tool(top);
+    assert!(!out.contains("--retry"), "{out}");
 }
 
 #[test]

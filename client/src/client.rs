@@ -53,6 +53,12 @@ pub(crate) struct Inner {
 ///
 /// Cheap to clone (the connections are shared). Connections are opened
 /// lazily, one multiplexed connection per node.
+///
+/// **Call [`Client::settle`] before the program exits.** A won round leaves
+/// its slower nodes' requests, and a release its stragglers, to finish in
+/// the background on the runtime; a runtime shut down first cuts them
+/// short, and a lock left on those nodes then runs out only at its TTL.
+/// (The [`crate::blocking`] client waits for them itself when dropped.)
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
@@ -296,6 +302,13 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// [`Client::acquire`] with the configured default wait
+    /// ([`crate::ConfigBuilder::default_wait`], 10 s unless set).
+    pub async fn acquire_default(&self, resource: &str, ttl: Duration) -> Result<Lease, Error> {
+        self.acquire(resource, ttl, self.inner.config.default_wait)
+            .await
     }
 
     async fn acquire_round(&self, resource: &str, token: &Token, ttl: Ttl) -> Result<Lease, Error> {

@@ -26,8 +26,9 @@ pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
 pub const DEFAULT_DRIFT_FIXED: Duration = Duration::from_millis(2);
 /// Default wait budget of [`crate::Client::with_lock`].
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-/// Default bound on how long automatic extension keeps a lock.
-pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(600);
+/// Default bound on how long automatic extension keeps a lock: none, as
+/// for `redis-lock run` (set [`ConfigBuilder::max_hold`] to bound it).
+pub const DEFAULT_MAX_HOLD: Duration = Duration::MAX;
 
 /// Node addresses: a comma-separated string (`"redis://a:6379,redis://b:6379"`),
 /// or a list (`Vec`, slice or array) of strings, one address each.
@@ -361,14 +362,15 @@ impl ConfigBuilder {
         self
     }
 
-    /// Wait budget of [`crate::Client::with_lock`] (default 10 s).
+    /// Wait budget of [`crate::Client::with_lock`] and
+    /// [`crate::Client::acquire_default`] (default 10 s).
     pub fn default_wait(mut self, wait: Duration) -> Self {
         self.default_wait = wait;
         self
     }
 
     /// Automatic extension stops once holding longer would pass this bound
-    /// (default 10 minutes; `Duration::MAX` for no bound).
+    /// (default: no bound, `Duration::MAX`, as for `redis-lock run`).
     pub fn max_hold(mut self, max_hold: Duration) -> Self {
         self.max_hold = max_hold;
         self

@@ -180,10 +180,15 @@ impl Client {
     /// Refuses a node set in which two entries are one server (`localhost`
     /// and `127.0.0.1`, a name and its address): each server's `run_id`
     /// tells. One server counted twice could make a quorum on its own.
-    /// Nodes that cannot be reached, or whose user may not run `INFO`, are
-    /// not compared.
+    /// Only nodes already connected are compared (after [`Client::connect`]
+    /// or an acquisition: one server that made a quorum twice is among
+    /// them), so nodes that are down cost no wait; nor are nodes whose user
+    /// may not run `INFO`.
     pub async fn check_distinct(&self) -> Result<(), Error> {
         let ids = join_all(self.inner.nodes.iter().map(|n| async move {
+            if !n.may_be_connected() {
+                return None;
+            }
             let mut info = redis::cmd("INFO");
             info.arg("server");
             let text = value_text(&n.query(&info).await.ok()?);
