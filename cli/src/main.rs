@@ -31,6 +31,7 @@ mod duration;
 mod exit;
 mod output;
 mod run;
+mod setup;
 mod watchdog;
 
 use std::process::ExitCode;
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::OK);
             }
             if for_eval {
-                commands::put(&output::eval_failure(exit::USAGE));
+                setup::put(&output::eval_failure(exit::USAGE));
             }
             return ExitCode::from(exit::USAGE);
         }
@@ -79,16 +80,30 @@ fn main() -> ExitCode {
         Err(e) => {
             say!("redis-lock: cannot start the runtime: {e}");
             if for_eval {
-                commands::put(&output::eval_failure(exit::INTERNAL));
+                setup::put(&output::eval_failure(exit::INTERNAL));
             }
             return ExitCode::from(exit::INTERNAL);
         }
     };
-    let code = runtime.block_on(commands::dispatch(cli));
+    let code = runtime.block_on(dispatch(cli));
     // Background releases (a dropped guard) get a moment; never block long.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     if for_eval && code != exit::OK {
-        commands::put(&output::eval_failure(code));
+        setup::put(&output::eval_failure(code));
     }
     ExitCode::from(code)
+}
+
+/// Runs the parsed subcommand; its exit status.
+async fn dispatch(cli: Cli) -> u8 {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run(a) => run::run(g, a).await,
+        Command::Acquire(a) => commands::acquire(g, a).await,
+        Command::Extend(a) => commands::extend(g, a).await,
+        Command::Release(a) => commands::release(g, a).await,
+        Command::Info(a) => commands::info(g, a).await,
+        Command::Status(a) => commands::status(g, a).await,
+        Command::Completions(c) => commands::completions(c.shell),
+    }
 }

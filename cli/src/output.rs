@@ -49,7 +49,7 @@ pub fn fail_eval_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        let _ = crate::commands::put(&eval_failure(crate::exit::INTERNAL));
+        let _ = crate::setup::put(&eval_failure(crate::exit::INTERNAL));
         std::process::exit(i32::from(crate::exit::INTERNAL));
     }));
 }

@@ -2,7 +2,6 @@
 //! as soon as the outcome is certain; extension; release.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use rand::Rng;
 use crate::background::Background;
 use crate::config::Config;
 use crate::error::{Error, LossReason, NodeError, NodeErrorKind};
-use crate::guard::{HeldLease, LockGuard};
 use crate::lease::{Lease, Token};
 use crate::node::{Extended, Node};
 use crate::quorum::{self, Decision, Raise, Tally, Vote};
@@ -736,60 +734,6 @@ impl Client {
                 (quorum, nodes),
                 c.errors,
             ))
-        }
-    }
-
-    /// Acquires (waiting up to `wait`) and returns a guard that renews the
-    /// lease in the background at a third of the TTL, signals the moment it
-    /// is lost, stops renewing at the configured maximum hold, and releases
-    /// when dropped (in the background) or by [`LockGuard::release`].
-    pub async fn lock(
-        &self,
-        resource: &str,
-        ttl: Duration,
-        wait: Duration,
-    ) -> Result<LockGuard, Error> {
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::runtime("a lock guard needs a tokio runtime to renew on"))?;
-        let lease = self.acquire(resource, ttl, wait).await?;
-        Ok(LockGuard::start(self.clone(), lease, &handle))
-    }
-
-    /// Runs `work` while holding the lock, renewing it as long as the work
-    /// runs (up to the maximum hold). Waits up to the configured default
-    /// wait to acquire.
-    ///
-    /// If the lock is lost, `work` is dropped at once (it stops at its
-    /// current `.await`) and [`Error::Lost`] is returned; work that must
-    /// clean up itself can instead watch [`HeldLease::lost`]. When `work`
-    /// finishes, the lock is released and its output returned.
-    pub async fn with_lock<F, Fut, T>(
-        &self,
-        resource: &str,
-        ttl: Duration,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(HeldLease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let guard = self
-            .lock(resource, ttl, self.inner.config.default_wait)
-            .await?;
-        let held = guard.held().clone();
-        let work = work(held.clone());
-        tokio::select! {
-            biased;
-            reason = held.lost() => {
-                drop(guard);
-                Err(Error::Lost { resource: resource.to_owned(), reason })
-            }
-            out = work => {
-                if let Err(e) = guard.release().await {
-                    tracing::warn!(resource, error = %e, "release after work failed; the lock runs out at its TTL");
-                }
-                Ok(out)
-            }
         }
     }
 }
