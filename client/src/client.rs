@@ -2,6 +2,7 @@
 //! as soon as the outcome is certain; extension; release.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,28 @@ struct ReleaseOnDrop {
     resource: String,
     token: Token,
     armed: bool,
+}
+
+impl ReleaseOnDrop {
+    /// Runs `work` under the guard: disarmed when `work` completes, however
+    /// it ends (it releases what it must itself), so only a future dropped
+    /// mid-way releases in the background.
+    async fn around<T>(
+        inner: &Arc<Inner>,
+        resource: &str,
+        token: &Token,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let mut guard = ReleaseOnDrop {
+            inner: inner.clone(),
+            resource: resource.to_owned(),
+            token: token.clone(),
+            armed: true,
+        };
+        let out = work.await;
+        guard.armed = false;
+        out
+    }
 }
 
 impl Drop for ReleaseOnDrop {
@@ -323,14 +346,20 @@ impl Client {
         ttl: Ttl,
         granting: Option<&mut Vec<bool>>,
     ) -> Result<Lease, Error> {
+        let work = self.round(resource, token, ttl, granting);
+        ReleaseOnDrop::around(&self.inner, resource, token, work).await
+    }
+
+    /// The body of [`Client::acquire_round_noting`].
+    async fn round(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Ttl,
+        granting: Option<&mut Vec<bool>>,
+    ) -> Result<Lease, Error> {
         let inner = &self.inner;
         let n = inner.nodes.len();
-        let mut cancel_guard = ReleaseOnDrop {
-            inner: inner.clone(),
-            resource: resource.to_owned(),
-            token: token.clone(),
-            armed: true,
-        };
         let started = Instant::now();
         let mut tally = Tally::new(n, inner.config.quorum);
         // (node, fence) of every grant.
@@ -446,7 +475,6 @@ impl Client {
                     }
                     None => {
                         release_nodes(inner, resource, token, &may_hold, Wait::All).await;
-                        cancel_guard.armed = false;
                         let t = raised.raise.tally();
                         tracing::debug!(
                             resource,
@@ -458,7 +486,8 @@ impl Client {
                             "fence raise failed, released"
                         );
                         errors.extend(raised.errors);
-                        return Err(raise_error(resource, &raised.raise, n, errors));
+                        let t = raised.raise.tally();
+                        return Err(not_won(resource, t, n, t.failed() > 0, errors));
                     }
                 }
             }
@@ -467,7 +496,6 @@ impl Client {
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(started);
             if let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now) {
-                cancel_guard.armed = false;
                 tracing::debug!(resource, fence, ?nodes, ?elapsed, "acquired");
                 return Ok(Lease {
                     resource: resource.to_owned(),
@@ -481,7 +509,6 @@ impl Client {
                 });
             }
             release_nodes(inner, resource, token, &may_hold, Wait::All).await;
-            cancel_guard.armed = false;
             tracing::debug!(resource, ?elapsed, "granted too late");
             return Err(Error::NoValidityLeft {
                 resource: resource.to_owned(),
@@ -495,7 +522,6 @@ impl Client {
         if tally.granted() > 0 || tally.failed() > 0 || tally.pending() > 0 {
             release_nodes(inner, resource, token, &may_hold, Wait::All).await;
         }
-        cancel_guard.armed = false;
         tracing::debug!(
             resource,
             granted = tally.granted(),
@@ -504,7 +530,13 @@ impl Client {
             elapsed = ?now.saturating_duration_since(started),
             "not acquired"
         );
-        Err(round_error(resource, &tally, errors))
+        Err(not_won(
+            resource,
+            &tally,
+            tally.nodes(),
+            tally.failed_beyond_spare(),
+            errors,
+        ))
     }
 
     /// Extends the lease on a quorum to `ttl` from now, within its remaining
@@ -738,23 +770,30 @@ impl Client {
     }
 }
 
-/// What a lost round amounts to: unreachable if more nodes failed than the
-/// quorum can spare, taken otherwise.
-fn round_error(resource: &str, tally: &Tally, node_errors: Vec<NodeError>) -> Error {
-    if tally.failed_beyond_spare() {
+/// What a round that was not won amounts to: too few answers when
+/// `short` (more nodes failed than the quorum can spare in a plain round,
+/// any failed to confirm in a raise), taken otherwise.
+fn not_won(
+    resource: &str,
+    t: &Tally,
+    nodes: usize,
+    short: bool,
+    node_errors: Vec<NodeError>,
+) -> Error {
+    if short {
         too_few_answers(
             resource,
-            tally.granted() + tally.refused(),
-            (tally.quorum(), tally.nodes()),
+            t.granted() + t.refused(),
+            (t.quorum(), nodes),
             node_errors,
         )
     } else {
         Error::Taken {
             resource: resource.to_owned(),
-            held_elsewhere: tally.refused(),
-            granted: tally.granted(),
-            quorum: tally.quorum(),
-            nodes: tally.nodes(),
+            held_elsewhere: t.refused(),
+            granted: t.granted(),
+            quorum: t.quorum(),
+            nodes,
             node_errors,
         }
     }
@@ -825,31 +864,6 @@ fn rejected_reason(e: &NodeError) -> String {
             e.message
         ),
         None => format!("node {} rejected the request: {}", e.addr, e.message),
-    }
-}
-
-/// A fence raise that failed: unreachable if a node failed to confirm,
-/// taken if one answered that another token now holds the lock there (our
-/// grant had ended on it).
-fn raise_error(resource: &str, raise: &Raise, nodes: usize, node_errors: Vec<NodeError>) -> Error {
-    let t = raise.tally();
-    if t.failed() > 0 {
-        Error::Unreachable {
-            resource: resource.to_owned(),
-            answered: t.granted() + t.refused(),
-            quorum: t.quorum(),
-            nodes,
-            node_errors,
-        }
-    } else {
-        Error::Taken {
-            resource: resource.to_owned(),
-            held_elsewhere: t.refused(),
-            granted: t.granted(),
-            quorum: t.quorum(),
-            nodes,
-            node_errors,
-        }
     }
 }
 

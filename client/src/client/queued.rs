@@ -82,7 +82,7 @@ const MIN_WAIT: Duration = Duration::from_millis(2);
 /// answer: `why` is logged).
 fn ends_the_wait(
     round: Result<Lease, Error>,
-    guard: &mut ReleaseOnDrop,
+    resource: &str,
     left: Duration,
     why: &str,
 ) -> ControlFlow<Result<Lease, Error>, Error> {
@@ -95,13 +95,10 @@ fn ends_the_wait(
                 || e.is_timeout()
                 || e.retry_after().is_some_and(|after| after < left) =>
         {
-            tracing::debug!(resource = %guard.resource, error = %e, "{why}");
+            tracing::debug!(resource, error = %e, "{why}");
             ControlFlow::Continue(e)
         }
-        done => {
-            guard.armed = false;
-            ControlFlow::Break(done)
-        }
+        done => ControlFlow::Break(done),
     }
 }
 
@@ -153,17 +150,23 @@ impl Client {
         ttl: Ttl,
         wait: Duration,
     ) -> Result<Lease, Error> {
+        let work = self.wait_in_queues(resource, token, ttl, wait);
+        ReleaseOnDrop::around(&self.inner, resource, token, work).await
+    }
+
+    /// The body of [`Client::acquire_queued`].
+    async fn wait_in_queues(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Ttl,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
         let started = Instant::now();
         let ticket = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let backoff = self.inner.config.backoff();
-        let mut guard = ReleaseOnDrop {
-            inner: self.inner.clone(),
-            resource: resource.to_owned(),
-            token: token.clone(),
-            armed: true,
-        };
         let mut attempts: u32 = 0;
         let first_window = self
             .inner
@@ -181,7 +184,6 @@ impl Client {
             let left = wait.saturating_sub(started.elapsed());
             if left < MIN_WAIT {
                 // The budget is spent: one plain round, its answer final.
-                guard.armed = false;
                 return self
                     .last_round(resource, token, ttl, (started, wait), attempts, last)
                     .await;
@@ -200,7 +202,7 @@ impl Client {
                 .unwrap_or_else(|| Err(cut_short(resource, last.take(), quorum, n)));
             let err = match ends_the_wait(
                 round,
-                &mut guard,
+                resource,
                 wait.saturating_sub(started.elapsed()),
                 "held elsewhere, queueing",
             ) {
@@ -210,7 +212,6 @@ impl Client {
             let left = wait.saturating_sub(started.elapsed());
             if left < MIN_WAIT {
                 // That round was the last one the budget allows.
-                guard.armed = false;
                 return Err(timed_out(resource, started, attempts, err));
             }
             last = Some(err);
@@ -238,7 +239,7 @@ impl Client {
                 let round = self.acquire_round(resource, token, ttl).await;
                 if let ControlFlow::Break(done) = ends_the_wait(
                     round,
-                    &mut guard,
+                    resource,
                     wait.saturating_sub(started.elapsed()),
                     "queued grant not confirmed",
                 ) {
@@ -285,7 +286,6 @@ impl Client {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
                     // Out of retries or budget: a last plain round.
-                    guard.armed = false;
                     return self
                         .last_round(resource, token, ttl, (started, wait), attempts, last)
                         .await;
