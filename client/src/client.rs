@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use rand::Rng;
 
 use crate::background::Background;
@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, LossReason, NodeError, NodeErrorKind};
 use crate::lease::{Lease, Token};
 use crate::node::{Extended, Node};
+use crate::nodeset::{self, fan_out, NodeMask};
 use crate::quorum::{self, Decision, Raise, Tally, Vote};
 
 mod queued;
@@ -44,7 +45,7 @@ impl Released {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Arc<Node>>,
     pub(crate) background: Arc<Background>,
 }
 
@@ -131,9 +132,14 @@ impl Drop for ReleaseOnDrop {
         let token = self.token.clone();
         tracing::debug!(resource = %resource, "acquisition cancelled, releasing in the background");
         // A node without a connection never got the request.
-        let which: Vec<bool> = inner.nodes.iter().map(Node::may_be_connected).collect();
+        let which: NodeMask = inner
+            .nodes
+            .iter()
+            .filter(|n| n.may_be_connected())
+            .map(|n| n.index)
+            .collect();
         self.inner.background.spawn(None, async move {
-            release_nodes(&inner, &resource, &token, &which, Wait::All).await;
+            release_nodes(&inner, &resource, &token, which, Wait::All).await;
         });
     }
 }
@@ -153,6 +159,7 @@ impl Client {
                     config.connect_timeout,
                     config.request_timeout,
                 )
+                .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client {
@@ -188,8 +195,7 @@ impl Client {
     /// with [`Error::Unreachable`] if fewer than a quorum can be reached;
     /// the per-node errors are in it either way.
     pub async fn connect(&self) -> Result<Vec<NodeError>, Error> {
-        let results =
-            futures_util::future::join_all(self.inner.nodes.iter().map(|n| n.connect())).await;
+        let results = nodeset::each(&self.inner.nodes, |n| async move { n.connect().await }).await;
         let errors: Vec<NodeError> = results.into_iter().filter_map(Result::err).collect();
         let answered = self.inner.nodes.len() - errors.len();
         if answered < self.inner.config.quorum {
@@ -344,7 +350,7 @@ impl Client {
         resource: &str,
         token: &Token,
         ttl: Ttl,
-        granting: Option<&mut Vec<bool>>,
+        granting: Option<&mut NodeMask>,
     ) -> Result<Lease, Error> {
         let work = self.round(resource, token, ttl, granting);
         ReleaseOnDrop::around(&self.inner, resource, token, work).await
@@ -356,7 +362,7 @@ impl Client {
         resource: &str,
         token: &Token,
         ttl: Ttl,
-        granting: Option<&mut Vec<bool>>,
+        granting: Option<&mut NodeMask>,
     ) -> Result<Lease, Error> {
         let inner = &self.inner;
         let n = inner.nodes.len();
@@ -367,26 +373,18 @@ impl Client {
         let mut errors = Vec::new();
         // Nodes that may hold our token after the round: all but those that
         // answered that someone else holds it.
-        let mut may_hold = vec![true; n];
+        let mut may_hold = NodeMask::all(n);
         {
             // Owned futures, so that the slower nodes can be left to finish
             // in the background once the round is won (below).
             let shared: Arc<str> = Arc::from(resource);
-            let mut pending: FuturesUnordered<_> = (0..n)
-                .map(|i| {
-                    let (inner, resource, token) = (inner.clone(), shared.clone(), token.clone());
-                    async move {
-                        let answer = match inner.nodes.get(i) {
-                            Some(node) => {
-                                node.acquire(&resource, token.as_str(), ttl.millis, None)
-                                    .await
-                            }
-                            None => Ok(None),
-                        };
-                        (i, answer)
-                    }
-                })
-                .collect();
+            let mut pending = fan_out(&inner.nodes, nodeset::all, |node| {
+                let (resource, token) = (shared.clone(), token.clone());
+                async move {
+                    node.acquire(&resource, token.as_str(), ttl.millis, None)
+                        .await
+                }
+            });
             // Records one node's answer; the decision so far.
             let mut note = |i: usize, answer: Result<Option<u64>, NodeError>| {
                 match answer {
@@ -396,9 +394,7 @@ impl Client {
                     }
                     Ok(None) => {
                         tally.record(Vote::Refused);
-                        if let Some(slot) = may_hold.get_mut(i) {
-                            *slot = false;
-                        }
+                        may_hold.remove(i);
                     }
                     Err(e) => {
                         tracing::debug!(resource, error = %e, "node failed");
@@ -407,9 +403,7 @@ impl Client {
                         // there is nothing to release there (and a release
                         // would only wait for the same connect timeout).
                         if !e.may_have_reached() {
-                            if let Some(slot) = may_hold.get_mut(i) {
-                                *slot = false;
-                            }
+                            may_hold.remove(i);
                         }
                         errors.push(e);
                     }
@@ -449,13 +443,7 @@ impl Client {
         let now = Instant::now();
         granted.sort_unstable();
         if let Some(granting) = granting {
-            granting.clear();
-            granting.resize(n, false);
-            for (i, _) in &granted {
-                if let Some(g) = granting.get_mut(*i) {
-                    *g = true;
-                }
-            }
+            *granting = granted.iter().map(|(i, _)| *i).collect();
         }
 
         if tally.decision() == Some(Decision::Won) {
@@ -474,7 +462,7 @@ impl Client {
                         nodes = raised.holders;
                     }
                     None => {
-                        release_nodes(inner, resource, token, &may_hold, Wait::All).await;
+                        release_nodes(inner, resource, token, may_hold, Wait::All).await;
                         let t = raised.raise.tally();
                         tracing::debug!(
                             resource,
@@ -508,7 +496,7 @@ impl Client {
                     nodes,
                 });
             }
-            release_nodes(inner, resource, token, &may_hold, Wait::All).await;
+            release_nodes(inner, resource, token, may_hold, Wait::All).await;
             tracing::debug!(resource, ?elapsed, "granted too late");
             return Err(Error::NoValidityLeft {
                 resource: resource.to_owned(),
@@ -520,7 +508,7 @@ impl Client {
         // Lost: release the partial grants at once (and the nodes that
         // failed or were still pending: their grant may have landed).
         if tally.granted() > 0 || tally.failed() > 0 || tally.pending() > 0 {
-            release_nodes(inner, resource, token, &may_hold, Wait::All).await;
+            release_nodes(inner, resource, token, may_hold, Wait::All).await;
         }
         tracing::debug!(
             resource,
@@ -569,14 +557,9 @@ impl Client {
         // limit, and from nodes that no longer hold it.
         let (mut hold_limited, mut not_held) = (0usize, 0usize);
         {
-            let mut pending: FuturesUnordered<_> =
-                inner
-                    .nodes
-                    .iter()
-                    .map(|node| async move {
-                        (node.index, node.extend(resource, token, ttl.millis).await)
-                    })
-                    .collect();
+            let mut pending = fan_out(&inner.nodes, nodeset::all, |node| async move {
+                node.extend(resource, token, ttl.millis).await
+            });
             while let Some((i, answer)) = pending.next().await {
                 match answer {
                     Ok(Extended::Yes) => {
@@ -664,12 +647,12 @@ impl Client {
     /// Do not acquire again with the same token right after a release: a
     /// late release could reach a slow node after the new grant.
     pub async fn release(&self, lease: &Lease) -> Result<Released, Error> {
-        let all = vec![true; self.inner.nodes.len()];
+        let all = NodeMask::all(self.inner.nodes.len());
         let released = release_nodes(
             &self.inner,
             &lease.resource,
             &lease.token,
-            &all,
+            all,
             Wait::Quorum,
         )
         .await;
@@ -700,12 +683,10 @@ impl Client {
     ) -> Result<usize, Error> {
         Self::check_resource(resource)?;
         let ttl = self.check_ttl(ttl)?;
-        let answers = futures_util::future::join_all(
-            self.inner
-                .nodes
-                .iter()
-                .map(|n| n.extend(resource, token.as_str(), ttl.millis)),
-        )
+        let answers = nodeset::each(&self.inner.nodes, |n| {
+            let token = token.clone();
+            async move { n.extend(resource, token.as_str(), ttl.millis).await }
+        })
         .await;
         let mut count = TokenCount::default();
         for answer in answers {
@@ -726,8 +707,8 @@ impl Client {
     /// on a quorum (already released, run out, or another's).
     pub async fn release_token(&self, resource: &str, token: &Token) -> Result<Released, Error> {
         Self::check_resource(resource)?;
-        let all = vec![true; self.inner.nodes.len()];
-        let released = release_nodes(&self.inner, resource, token, &all, Wait::All).await;
+        let all = NodeMask::all(self.inner.nodes.len());
+        let released = release_nodes(&self.inner, resource, token, all, Wait::All).await;
         let count = TokenCount {
             held: released.held,
             not_held: released.not_held,
@@ -897,18 +878,19 @@ async fn raise_fences(
         .collect();
     let mut errors = Vec::new();
     if raise.decision().is_none() {
-        let mut pending: FuturesUnordered<_> = granted
+        let below: Vec<usize> = granted
             .iter()
             .filter(|(_, f)| raise.needs_raise(*f))
-            .filter_map(|(i, _)| inner.nodes.get(*i))
-            .map(|node| async move {
-                (
-                    node.index,
-                    node.acquire(resource, token.as_str(), ttl.millis, Some(floor))
-                        .await,
-                )
-            })
+            .map(|(i, _)| *i)
             .collect();
+        let mut pending = fan_out(
+            &inner.nodes,
+            |i| below.contains(&i),
+            |node| async move {
+                node.acquire(resource, token.as_str(), ttl.millis, Some(floor))
+                    .await
+            },
+        );
         while let Some((i, answer)) = pending.next().await {
             match answer {
                 Ok(Some(fence)) => {
@@ -955,28 +937,20 @@ pub(crate) async fn release_nodes(
     inner: &Arc<Inner>,
     resource: &str,
     token: &Token,
-    which: &[bool],
+    which: NodeMask,
     wait: Wait,
 ) -> Released {
     let shared: Arc<str> = Arc::from(resource);
-    let mut pending: FuturesUnordered<_> = inner
-        .nodes
-        .iter()
-        .filter(|node| which.get(node.index).copied().unwrap_or(false))
-        .map(|node| {
-            // Owned, so that stragglers can be left to a background task.
-            let (inner, index, resource, token) =
-                (inner.clone(), node.index, shared.clone(), token.clone());
-            async move {
-                match inner.nodes.get(index) {
-                    Some(node) => node.release(&resource, token.as_str()).await,
-                    None => Ok(false),
-                }
-            }
-        })
-        .collect();
+    let mut pending = fan_out(
+        &inner.nodes,
+        |i| which.contains(i),
+        |node| {
+            let (resource, token) = (shared.clone(), token.clone());
+            async move { node.release(&resource, token.as_str()).await }
+        },
+    );
     let mut out = Released::default();
-    while let Some(answer) = pending.next().await {
+    while let Some((_, answer)) = pending.next().await {
         match answer {
             Ok(true) => out.held += 1,
             Ok(false) => out.not_held += 1,
@@ -991,7 +965,7 @@ pub(crate) async fn release_nodes(
             out.pending = pending.len();
             let resource = shared.clone();
             inner.background.spawn(None, async move {
-                while let Some(answer) = pending.next().await {
+                while let Some((_, answer)) = pending.next().await {
                     if let Err(e) = answer {
                         tracing::debug!(resource = %resource, error = %e, "late release failed");
                     }

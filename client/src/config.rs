@@ -470,6 +470,12 @@ impl ConfigBuilder {
         }
 
         let n = nodes.len();
+        if n > crate::nodeset::NodeMask::MAX {
+            return Err(Error::config(format!(
+                "{n} nodes: at most {} are supported",
+                crate::nodeset::NodeMask::MAX
+            )));
+        }
         let quorum = self.quorum.unwrap_or_else(|| quorum::majority(n));
         if quorum > n {
             return Err(Error::config(format!(

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use redis::Value;
 
 use crate::client::Client;
 use crate::error::{Error, NodeError, NodeErrorKind};
 use crate::node::Node;
+use crate::nodeset::each;
 
 /// A held lock as `LOCK.INFO` shows it on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -161,7 +161,10 @@ impl NodeHealth {
 impl Client {
     /// `LOCK.INFO resource` on every node: the lock as each one shows it.
     pub async fn lock_info(&self, resource: &str) -> LockViews {
-        let nodes = join_all(self.inner.nodes.iter().map(|n| node_lock(n, resource))).await;
+        let nodes = each(&self.inner.nodes, |n| async move {
+            node_lock(&n, resource).await
+        })
+        .await;
         LockViews {
             nodes,
             quorum: self.inner.config.quorum,
@@ -172,7 +175,10 @@ impl Client {
     /// the least-privileged user the docs recommend: what it may not read
     /// is reported as such, and the module is then told by `LOCK.INFO`.
     pub async fn probe(&self, resource: Option<&str>) -> Vec<NodeHealth> {
-        join_all(self.inner.nodes.iter().map(|n| probe_node(n, resource))).await
+        each(&self.inner.nodes, |n| async move {
+            probe_node(&n, resource).await
+        })
+        .await
     }
 }
 
@@ -185,7 +191,7 @@ impl Client {
     /// them), so nodes that are down cost no wait; nor are nodes whose user
     /// may not run `INFO`.
     pub async fn check_distinct(&self) -> Result<(), Error> {
-        let ids = join_all(self.inner.nodes.iter().map(|n| async move {
+        let ids = each(&self.inner.nodes, |n| async move {
             if !n.may_be_connected() {
                 return None;
             }
@@ -193,7 +199,7 @@ impl Client {
             info.arg("server");
             let text = value_text(&n.query(&info).await.ok()?);
             info_field(&text, "run_id")
-        }))
+        })
         .await;
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, id) in ids.iter().enumerate() {

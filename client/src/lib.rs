@@ -58,6 +58,7 @@ mod guard;
 mod inspect;
 mod lease;
 mod node;
+mod nodeset;
 mod quorum;
 
 pub use client::{Client, Released};

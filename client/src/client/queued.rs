@@ -36,8 +36,9 @@
 use super::{release_nodes, Client, ReleaseOnDrop, Ttl, Wait};
 use crate::error::Error;
 use crate::lease::{Lease, Token};
+use crate::nodeset::{fan_out, NodeMask};
 use crate::quorum::{Decision, Tally, Vote};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use rand::Rng;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,14 +59,18 @@ enum Queued {
 /// budget is dropped mid-way).
 struct Filled<'a> {
     sent: &'a [AtomicBool],
-    reached: &'a mut Vec<bool>,
+    reached: &'a mut NodeMask,
 }
 
 impl Drop for Filled<'_> {
     fn drop(&mut self) {
-        for (slot, sent) in self.reached.iter_mut().zip(self.sent) {
-            *slot = sent.load(Ordering::Relaxed);
-        }
+        *self.reached = self
+            .sent
+            .iter()
+            .enumerate()
+            .filter(|(_, sent)| sent.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+            .collect();
     }
 }
 
@@ -191,7 +196,7 @@ impl Client {
             // A plain round first: it takes a free lock at once, on the
             // long-lived connections, and tells where another client holds
             // it. A lost round has released what it was granted.
-            let mut free = Vec::new();
+            let mut free = NodeMask::default();
             let round = self
                 .within(
                     started,
@@ -215,7 +220,7 @@ impl Client {
                 return Err(timed_out(resource, started, attempts, err));
             }
             last = Some(err);
-            let mut reached = vec![true; n];
+            let mut reached = NodeMask::all(n);
             let outcome = self
                 .within(
                     started,
@@ -227,7 +232,7 @@ impl Client {
                         left,
                         ticket,
                         split_window,
-                        &free,
+                        free,
                         &mut reached,
                     ),
                 )
@@ -261,7 +266,7 @@ impl Client {
             // Give back every partial grant before queueing again: the same
             // token is reused, so a late release must not hit the next grant.
             // Nodes whose wait could not even connect hold nothing of ours.
-            release_nodes(&self.inner, resource, token, &reached, Wait::All).await;
+            release_nodes(&self.inner, resource, token, reached, Wait::All).await;
             if let Queued::Split = outcome {
                 // The tickets already order the queues: a short random pause
                 // is enough, and the window grows so a long wait stays calm.
@@ -327,39 +332,37 @@ impl Client {
         wait: Duration,
         ticket: u64,
         split_window: Duration,
-        free: &[bool],
-        reached: &mut Vec<bool>,
+        free: NodeMask,
+        reached: &mut NodeMask,
     ) -> Queued {
         let inner = &self.inner;
         // Every node may hold our token after this round (a late grant)
         // but those whose wait never connected: filled in when the round
         // ends, or is cut short (the flags outlive the futures).
         let sent: Vec<AtomicBool> = (0..inner.nodes.len())
-            .map(|i| AtomicBool::new(free.get(i).copied().unwrap_or(false)))
+            .map(|i| AtomicBool::new(free.contains(i)))
             .collect();
         let fill = Filled {
             sent: &sent,
             reached,
         };
-        fill.reached.clear();
-        fill.reached.resize(inner.nodes.len(), true);
+        *fill.reached = NodeMask::all(inner.nodes.len());
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut tally = Tally::new(inner.nodes.len(), inner.config.quorum);
-        let is_free = |i: usize| free.get(i).copied().unwrap_or(false);
+        let is_free = |i: usize| free.contains(i);
         for _ in (0..inner.nodes.len()).filter(|&i| is_free(i)) {
             tally.record(Vote::Granted(0));
         }
         if tally.decision() == Some(Decision::Won) {
             return Queued::Quorum;
         }
-        let mut pending: FuturesUnordered<_> = inner
-            .nodes
-            .iter()
-            .filter(|node| !is_free(node.index))
-            .map(|node| {
+        let mut pending = fan_out(
+            &inner.nodes,
+            |i| !is_free(i),
+            |node| {
                 let sent = sent.get(node.index);
                 async move {
-                    let answer = match sent {
+                    match sent {
                         Some(sent) => {
                             node.acquire_waiting(
                                 resource,
@@ -372,11 +375,10 @@ impl Client {
                             .await
                         }
                         None => Ok(None),
-                    };
-                    (node.index, answer)
+                    }
                 }
-            })
-            .collect();
+            },
+        );
         let mut split_at: Option<tokio::time::Instant> = None;
         loop {
             let answer = match split_at {
