@@ -11,11 +11,12 @@ use rand::Rng;
 
 use crate::background::Background;
 use crate::config::Config;
-use crate::error::{Error, LossReason, NodeError, NodeErrorKind};
+use crate::error::{Error, LossReason, NodeError};
 use crate::lease::{Lease, Token};
 use crate::node::{Extended, Node};
 use crate::nodeset::{self, fan_out, NodeMask};
 use crate::quorum::{self, Decision, Raise, Tally, Vote};
+use crate::round::{not_won, too_few_answers, Round};
 
 mod queued;
 
@@ -367,13 +368,7 @@ impl Client {
         let inner = &self.inner;
         let n = inner.nodes.len();
         let started = Instant::now();
-        let mut tally = Tally::new(n, inner.config.quorum);
-        // (node, fence) of every grant.
-        let mut granted: Vec<(usize, u64)> = Vec::new();
-        let mut errors = Vec::new();
-        // Nodes that may hold our token after the round: all but those that
-        // answered that someone else holds it.
-        let mut may_hold = NodeMask::all(n);
+        let mut round = Round::new(n, inner.config.quorum);
         {
             // Owned futures, so that the slower nodes can be left to finish
             // in the background once the round is won (below).
@@ -385,34 +380,9 @@ impl Client {
                         .await
                 }
             });
-            // Records one node's answer; the decision so far.
-            let mut note = |i: usize, answer: Result<Option<u64>, NodeError>| {
-                match answer {
-                    Ok(Some(fence)) => {
-                        tally.record(Vote::Granted(fence));
-                        granted.push((i, fence));
-                    }
-                    Ok(None) => {
-                        tally.record(Vote::Refused);
-                        may_hold.remove(i);
-                    }
-                    Err(e) => {
-                        tracing::debug!(resource, error = %e, "node failed");
-                        tally.record(Vote::Failed);
-                        // Never connected: the request did not go out, so
-                        // there is nothing to release there (and a release
-                        // would only wait for the same connect timeout).
-                        if !e.may_have_reached() {
-                            may_hold.remove(i);
-                        }
-                        errors.push(e);
-                    }
-                }
-                tally.decision()
-            };
             let mut decided = None;
             while let Some((i, answer)) = pending.next().await {
-                decided = note(i, answer);
+                decided = round.note(i, answer);
                 if decided.is_some() {
                     break;
                 }
@@ -436,19 +406,20 @@ impl Client {
                 // another client holds and which were free (a waiter queues
                 // only where it is held).
                 while let Some((i, answer)) = pending.next().await {
-                    let _ = note(i, answer);
+                    let _ = round.note(i, answer);
                 }
             }
         }
         let now = Instant::now();
-        granted.sort_unstable();
+        let granted = round.granted();
+        let may_hold = round.may_hold();
         if let Some(granting) = granting {
             *granting = granted.iter().map(|(i, _)| *i).collect();
         }
 
-        if tally.decision() == Some(Decision::Won) {
+        if round.decision() == Some(Decision::Won) {
             let drift = inner.config.drift(ttl.duration);
-            let mut fence = tally.max_fence().unwrap_or_default();
+            let mut fence = round.tally().max_fence().unwrap_or_default();
             let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
             // Fenced: a quorum must hold the lease's fence before it is
             // handed out. Not worth a round trip once no validity is left.
@@ -473,6 +444,7 @@ impl Client {
                             elapsed = ?started.elapsed(),
                             "fence raise failed, released"
                         );
+                        let mut errors = round.into_errors();
                         errors.extend(raised.errors);
                         let t = raised.raise.tally();
                         return Err(not_won(resource, t, n, t.failed() > 0, errors));
@@ -507,24 +479,19 @@ impl Client {
 
         // Lost: release the partial grants at once (and the nodes that
         // failed or were still pending: their grant may have landed).
-        if tally.granted() > 0 || tally.failed() > 0 || tally.pending() > 0 {
+        if round.needs_release() {
             release_nodes(inner, resource, token, may_hold, Wait::All).await;
         }
+        let t = round.tally();
         tracing::debug!(
             resource,
-            granted = tally.granted(),
-            refused = tally.refused(),
-            failed = tally.failed(),
+            granted = t.granted(),
+            refused = t.refused(),
+            failed = t.failed(),
             elapsed = ?now.saturating_duration_since(started),
             "not acquired"
         );
-        Err(not_won(
-            resource,
-            &tally,
-            tally.nodes(),
-            tally.failed_beyond_spare(),
-            errors,
-        ))
+        Err(round.error(resource))
     }
 
     /// Extends the lease on a quorum to `ttl` from now, within its remaining
@@ -748,103 +715,6 @@ impl Client {
                 c.errors,
             ))
         }
-    }
-}
-
-/// What a round that was not won amounts to: too few answers when
-/// `short` (more nodes failed than the quorum can spare in a plain round,
-/// any failed to confirm in a raise), taken otherwise.
-fn not_won(
-    resource: &str,
-    t: &Tally,
-    nodes: usize,
-    short: bool,
-    node_errors: Vec<NodeError>,
-) -> Error {
-    if short {
-        too_few_answers(
-            resource,
-            t.granted() + t.refused(),
-            (t.quorum(), nodes),
-            node_errors,
-        )
-    } else {
-        Error::Taken {
-            resource: resource.to_owned(),
-            held_elsewhere: t.refused(),
-            granted: t.granted(),
-            quorum: t.quorum(),
-            nodes,
-            node_errors,
-        }
-    }
-}
-
-/// Why fewer than a quorum of nodes gave a usable answer: a request the
-/// nodes reject (a TTL above their limit) is the caller's mistake; nodes
-/// refusing grants for a while (`TRYAGAIN`) are not unreachable, and say
-/// when a quorum may grant again; otherwise the nodes are unreachable.
-pub(crate) fn too_few_answers(
-    resource: &str,
-    answered: usize,
-    (quorum, nodes): (usize, usize),
-    node_errors: Vec<NodeError>,
-) -> Error {
-    if let Some(rejected) = node_errors
-        .iter()
-        .find(|e| e.kind == NodeErrorKind::Rejected)
-    {
-        return Error::invalid(rejected_reason(rejected));
-    }
-    // A quorum needs this many more nodes than answered; the refusing
-    // nodes come back in the order of their time left.
-    let missing = quorum.saturating_sub(answered);
-    let mut waits: Vec<Duration> = node_errors
-        .iter()
-        .filter_map(|e| e.retry_after.filter(|_| e.is_refusing()))
-        .collect();
-    waits.sort_unstable();
-    match waits.get(missing.wrapping_sub(1)) {
-        Some(&retry_after) if missing > 0 => Error::Refused {
-            resource: resource.to_owned(),
-            retry_after,
-            quorum,
-            nodes,
-            node_errors,
-        },
-        _ => Error::Unreachable {
-            resource: resource.to_owned(),
-            answered,
-            quorum,
-            nodes,
-            node_errors,
-        },
-    }
-}
-
-/// A request the nodes rejected, in one line, naming their limit.
-fn rejected_reason(e: &NodeError) -> String {
-    let limit = e
-        .message
-        .contains("lock.max-ttl-ms")
-        .then(|| {
-            e.message
-                .split(" to ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .flatten();
-    match limit {
-        Some(ms) => format!(
-            "the TTL is above the nodes' limit, lock.max-ttl-ms = {ms} ({}); node {} said: {}",
-            crate::error::human_duration(Duration::from_millis(ms)),
-            e.addr,
-            e.message
-        ),
-        None => format!("node {} rejected the request: {}", e.addr, e.message),
     }
 }
 

@@ -60,6 +60,7 @@ mod lease;
 mod node;
 mod nodeset;
 mod quorum;
+mod round;
 
 pub use client::{Client, Released};
 pub use config::{
