@@ -867,20 +867,7 @@ fn a_ttl_above_the_nodes_limit_is_a_usage_error_naming_the_limit() {
 fn a_permission_error_is_not_an_authentication_failure_and_status_works_for_the_app_user() {
     let set = nodes(3);
     // The least-privilege user docs/COMMANDS.md recommends.
-    for s in &set.nodes {
-        testkit::lockcmd::user_conn(
-            s,
-            "app",
-            "secret",
-            &[
-                "~locks:*",
-                "+lock.acquire",
-                "+lock.extend",
-                "+lock.release",
-                "+lock.info",
-            ],
-        );
-    }
+    testkit::lockcmd::add_app_user(&set.nodes);
     let app_urls: Vec<String> = set
         .nodes
         .iter()

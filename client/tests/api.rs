@@ -118,20 +118,8 @@ async fn no_error_contains_the_token() {
 #[tokio::test]
 async fn an_acl_refusal_is_a_permission_error_naming_user_command_and_key() {
     let set = NodeSet::start(3, testkit::first_flavor());
-    for s in &set.nodes {
-        testkit::lockcmd::user_conn(
-            s,
-            "app",
-            "secret",
-            &[
-                "~locks:*",
-                "+lock.acquire",
-                "+lock.extend",
-                "+lock.release",
-                "+lock.info",
-            ],
-        );
-    }
+    // The least-privilege user docs/COMMANDS.md recommends.
+    testkit::lockcmd::add_app_user(&set.nodes);
     let client = client_for(&set, |b| b.username("app").password("secret"));
     let e = client
         .try_acquire("other:k", Duration::from_secs(5))
