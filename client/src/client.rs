@@ -276,7 +276,8 @@ impl Client {
         let ttl = self.check_ttl(ttl)?;
         let token = Token::random()?;
         if self.inner.config.server_wait && !wait.is_zero() {
-            return self.acquire_queued(resource, &token, ttl, wait).await;
+            let work = self.wait_in_queues(resource, &token, ttl, wait);
+            return ReleaseOnDrop::around(&self.inner, resource, &token, work).await;
         }
         let backoff = self.inner.config.backoff();
         let started = Instant::now();
@@ -340,24 +341,13 @@ impl Client {
     }
 
     async fn acquire_round(&self, resource: &str, token: &Token, ttl: Ttl) -> Result<Lease, Error> {
-        self.acquire_round_noting(resource, token, ttl, None).await
-    }
-
-    /// [`Client::acquire_round`], noting in `granting[i]`, if asked, whether
-    /// node `i` granted in this round. (A lost round has released those
-    /// grants again: the lock was free there.)
-    async fn acquire_round_noting(
-        &self,
-        resource: &str,
-        token: &Token,
-        ttl: Ttl,
-        granting: Option<&mut NodeMask>,
-    ) -> Result<Lease, Error> {
-        let work = self.round(resource, token, ttl, granting);
+        let work = self.round(resource, token, ttl, None);
         ReleaseOnDrop::around(&self.inner, resource, token, work).await
     }
 
-    /// The body of [`Client::acquire_round_noting`].
+    /// One round, noting in `granting`, if asked, which nodes granted in it.
+    /// (A lost round has released those grants again: the lock was free
+    /// there.) Run it inside [`ReleaseOnDrop::around`].
     async fn round(
         &self,
         resource: &str,

@@ -148,19 +148,9 @@ impl Client {
         tokio::time::timeout(left, round).await.ok()
     }
 
-    pub(super) async fn acquire_queued(
-        &self,
-        resource: &str,
-        token: &Token,
-        ttl: Ttl,
-        wait: Duration,
-    ) -> Result<Lease, Error> {
-        let work = self.wait_in_queues(resource, token, ttl, wait);
-        ReleaseOnDrop::around(&self.inner, resource, token, work).await
-    }
-
-    /// The body of [`Client::acquire_queued`].
-    async fn wait_in_queues(
+    /// `acquire` by waiting in the nodes' queues; run it inside
+    /// [`ReleaseOnDrop::around`].
+    pub(super) async fn wait_in_queues(
         &self,
         resource: &str,
         token: &Token,
@@ -201,7 +191,12 @@ impl Client {
                 .within(
                     started,
                     wait,
-                    self.acquire_round_noting(resource, token, ttl, Some(&mut free)),
+                    ReleaseOnDrop::around(
+                        &self.inner,
+                        resource,
+                        token,
+                        self.round(resource, token, ttl, Some(&mut free)),
+                    ),
                 )
                 .await
                 .unwrap_or_else(|| Err(cut_short(resource, last.take(), quorum, n)));
