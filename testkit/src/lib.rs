@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod resp;
 mod rng;
 mod server;
+pub mod tls;
 
 use std::env;
 use std::net::{Ipv4Addr, TcpListener};
