@@ -44,7 +44,7 @@ ensure_venv() {
 develop() {
   ensure_venv maturin=maturin
   VIRTUAL_ENV=$VENV "$VENV/bin/maturin" develop --quiet -m python/Cargo.toml "$@" 2>&1 \
-    | grep -vE '^(📦|🔗|🐍|💻|📖|✏️|🛠|📡|⚠️  Warning: You.re building|Installed|Finished|Compiling)' || true
+    | grep -vE '^(🍹|📦|🔗|🐍|💻|📖|✏️|🛠|📡|⚠️  Warning: You.re building|Installed|Finished|Compiling)' || true
   "$PY" -c 'import redislock_quorum' || { echo "python.sh: the package did not build" >&2; exit 1; }
 }
 
