@@ -59,7 +59,10 @@ case "${1:-}" in
     develop
     export REDIS_LOCK_MODULE=${REDIS_LOCK_MODULE:-$ROOT/${CARGO_TARGET_DIR:-target}/debug/libredis_lock.so}
     [ -f "$REDIS_LOCK_MODULE" ] || cargo build -p redis-lock
-    "$PY" -m pytest -q -p no:cacheprovider python/tests "$@"
+    # The whole suite unless a test path is given.
+    paths=(python/tests)
+    for arg in "$@"; do case $arg in -*) ;; *) paths=() ;; esac; done
+    "$PY" -m pytest -q -p no:cacheprovider "${paths[@]}" "$@"
     ;;
   bench)
     shift
