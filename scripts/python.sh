@@ -68,12 +68,12 @@ case "${1:-}" in
     shift
     ensure_venv maturin=maturin redis=redis pottery=pottery redis_lock=python-redis-lock
     cargo build --release -p redis-lock
-    cargo build --release -p redis-lock-client --example bench
+    cargo build --release -p redis-lock-client --example bench_nodes
     develop --release
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
     # A private copy: another build replacing the .so mid-run cannot disturb it.
     cp "${CARGO_TARGET_DIR:-target}/release/libredis_lock.so" "$tmp/"
-    REDIS_LOCK_MODULE=$tmp/libredis_lock.so RUST_BENCH=${CARGO_TARGET_DIR:-target}/release/examples/bench \
+    REDIS_LOCK_MODULE=$tmp/libredis_lock.so RUST_BENCH=${CARGO_TARGET_DIR:-target}/release/examples/bench_nodes \
       "$PY" python/bench.py "$@"
     ;;
   *)

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::IntoPyObjectExt;
 use pyo3::types::{PyDict, PyList};
+use pyo3::IntoPyObjectExt;
 use redis_lock_client::{
     Config, Error, HeldLease, LockGuard, LossReason, NodeError, NodeErrorKind, Released,
 };
@@ -659,7 +659,12 @@ impl Client {
     ) -> PyResult<Guard> {
         let rt = self.rt()?.clone();
         let (ttl, wait_d) = (ttl_of(ttl)?, seconds("wait", wait_s)?);
-        let guard = wait(py, &rt, guard_of(self.client.clone(), key, ttl, wait_d), true)?;
+        let guard = wait(
+            py,
+            &rt,
+            guard_of(self.client.clone(), key, ttl, wait_d),
+            true,
+        )?;
         Ok(Guard::start(guard, event, &rt))
     }
 
