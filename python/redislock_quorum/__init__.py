@@ -74,12 +74,21 @@ class Lease:
     :class:`threading.Event` set once the lock is known lost.
     """
 
-    __slots__ = ("_native", "_guard", "lost")
+    __slots__ = ("_native", "_guard", "_lost")
 
-    def __init__(self, native: Any, guard: Any = None) -> None:
+    def __init__(self, native: Any, guard: Any = None, lost: Optional[threading.Event] = None) -> None:
         self._native = native
         self._guard = guard
-        self.lost = threading.Event()
+        self._lost = lost
+
+    @property
+    def lost(self) -> threading.Event:
+        """Set once the lock is known lost (by the renewal of a lease from
+        :meth:`Client.lock`; by :meth:`check` or a failed extension of a
+        lease managed by hand)."""
+        if self._lost is None:  # made on demand: most hand-held leases never ask
+            self._lost = threading.Event()
+        return self._lost
 
     @property
     def _current(self) -> Any:
@@ -272,10 +281,9 @@ class _Lock:
         self._lease: Optional[Lease] = None
 
     def __enter__(self) -> Lease:
-        lease = Lease(None)
-        lease._guard = self._client._native.lock(self._key, self._ttl, self._wait, lease.lost)
-        self._lease = lease
-        return lease
+        lost = threading.Event()
+        self._lease = Lease(None, self._client._native.lock(self._key, self._ttl, self._wait, lost), lost)
+        return self._lease
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         lease, self._lease = self._lease, None
@@ -385,17 +393,17 @@ class _AsyncLock:
         self._lease: Optional[Lease] = None
 
     async def __aenter__(self) -> Lease:
-        lease = Lease(None)
-        lease._guard = await _run(
+        lost = threading.Event()
+        guard = await _run(
             self._client._native.lock_async,
             self._key,
             self._ttl,
             self._wait,
-            lease.lost,
+            lost,
             undo=lambda guard: guard.abandon(),
         )
-        self._lease = lease
-        return lease
+        self._lease = Lease(None, guard, lost)
+        return self._lease
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         lease, self._lease = self._lease, None
