@@ -221,7 +221,10 @@ where
                     out = &mut task => return out.map_err(join_error),
                     _ = tokio::time::sleep(SIGNAL_POLL) => {
                         if let Err(e) = Python::attach(|py| py.check_signals()) {
+                            // Wait for the drop (its releases are then under
+                            // way, its waiting connections closing).
                             task.abort();
+                            let _ = (&mut task).await;
                             return Err(e);
                         }
                     }

@@ -107,6 +107,13 @@ class Nodes(List[Node]):
     def urls(self) -> List[str]:
         return [n.url for n in self]
 
+    def waiting_clients(self) -> List[int]:
+        """Clients blocked in a command (LOCK.ACQUIRE ... WAIT), per node."""
+        return [sum("b" in c["flags"] for c in n.conn().client_list()) for n in self]
+
+    def holders(self, key: str) -> List[bool]:
+        return [n.conn().execute_command("LOCK.INFO", key) is not None for n in self]
+
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]

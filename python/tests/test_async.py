@@ -11,7 +11,7 @@ import pytest
 
 from redislock_quorum import AsyncClient, LockLost, LockTaken, LockTimeout
 
-from conftest import Nodes
+from conftest import Nodes, wait_until
 
 
 def test_async_with_holds_one_at_a_time_and_never_blocks_the_loop(nodes5: Nodes) -> None:
@@ -78,12 +78,14 @@ def test_cancelling_a_waiting_acquire_leaves_nothing_held(nodes5: Nodes) -> None
             await asyncio.wait_for(waiter.acquire("jobs:cancel", wait=10), timeout=0.3)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(waiter.lock("jobs:cancel", wait=10).__aenter__(), timeout=0.3)
+        # The cancelled waits left the nodes' queues.
+        assert wait_until(lambda: nodes5.waiting_clients() == [0] * 5, 1.0), nodes5.waiting_clients()
         await holder.release(held)
         assert await waiter.settle(2.0)
         # Nothing was handed to the cancelled waiters: the lock is free.
         lease = await third.try_acquire("jobs:cancel", ttl=5)
         await third.release(lease)
+        assert await third.settle(2.0)
 
     asyncio.run(main())
-    for node in nodes5:
-        assert node.conn().execute_command("LOCK.INFO", "jobs:cancel") is None
+    assert nodes5.holders("jobs:cancel") == [False] * 5

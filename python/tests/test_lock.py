@@ -273,12 +273,29 @@ def test_keyboard_interrupt_during_a_wait_leaves_nothing_held(nodes5: Nodes) -> 
     with pytest.raises(KeyboardInterrupt):
         waiter.acquire("jobs:int", ttl=10, wait=10)
     assert time.monotonic() - t < 2.0
+    # The interrupted waiter's place in the queues is gone ...
+    assert wait_until(lambda: nodes5.waiting_clients() == [0] * 5, 1.0), nodes5.waiting_clients()
     holder.release(held)
     assert waiter.settle(2.0)
-    # The interrupted waiter's place in the queues is gone: nothing is
-    # handed to it, and a newcomer gets the lock at once.
+    # ... so nothing is handed to it, and a newcomer gets the lock at once.
     lease = third.try_acquire("jobs:int", ttl=5)
     third.release(lease)
-    for node in nodes5:
-        info = node.conn().execute_command("LOCK.INFO", "jobs:int")
-        assert info is None, info
+    assert third.settle(2.0)
+    assert nodes5.holders("jobs:int") == [False] * 5
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known race in the Rust client's cancellation (client/src, not this package): a release "
+    "that reaches a node before the cancelled waiter's connection close is seen there hands "
+    "the lock to that waiter, after its release-on-drop; it stays held until its TTL"))
+def test_a_release_racing_an_interrupted_wait_leaves_nothing_held(nodes5: Nodes) -> None:
+    holder, waiter = Client(nodes5.urls), Client(nodes5.urls)
+    held = holder.try_acquire("jobs:race", ttl=10)
+    for _ in range(10):
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            waiter.acquire("jobs:race", ttl=30, wait=10)
+        holder.release(held)  # at once: the race window
+        assert waiter.settle(2.0) and holder.settle(2.0)
+        assert wait_until(lambda: not any(nodes5.holders("jobs:race")), 1.0), nodes5.holders("jobs:race")
+        held = holder.try_acquire("jobs:race", ttl=10)
