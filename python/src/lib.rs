@@ -505,13 +505,13 @@ fn ttl_of(ttl: f64) -> PyResult<Duration> {
     seconds("ttl", ttl)
 }
 
-fn guard_of(
+async fn guard_of(
     client: redis_lock_client::Client,
     key: String,
     ttl: Duration,
     wait: Duration,
-) -> impl Future<Output = Outcome<LockGuard>> + Send + 'static {
-    async move { client.lock(&key, ttl, wait).await }
+) -> Outcome<LockGuard> {
+    client.lock(&key, ttl, wait).await
 }
 
 #[pymethods]
