@@ -268,17 +268,34 @@ class Client(_Settings):
         return self._native.settle(timeout)
 
 
-class _Lock:
-    """The context manager of :meth:`Client.lock`."""
+class _LockBase:
+    """What the context managers of Client.lock and AsyncClient.lock share."""
 
     __slots__ = ("_client", "_key", "_ttl", "_wait", "_lease")
 
-    def __init__(self, client: Client, key: str, ttl: float, wait: float) -> None:
+    def __init__(self, client: _Settings, key: str, ttl: float, wait: float) -> None:
         self._client = client
         self._key = key
         self._ttl = ttl
         self._wait = wait
         self._lease: Optional[Lease] = None
+
+    def _release_failed(self, e: LockError) -> None:
+        # The lock runs out at its TTL; do not hide the block's own error.
+        warnings.warn(f"release of {self._key!r} failed: {e}", RuntimeWarning, stacklevel=3)
+
+    def _lost_while_held(self, lease: Lease, reason: Optional[str], exc_type: Any) -> None:
+        if reason is not None and exc_type is None:
+            lease.lost.set()
+            raise LockLost(
+                f"the lock {self._key!r} was lost while held ({reason})", key=self._key, reason=reason
+            )
+
+
+class _Lock(_LockBase):
+    """The context manager of :meth:`Client.lock`."""
+
+    __slots__ = ()
 
     def __enter__(self) -> Lease:
         lost = threading.Event()
@@ -293,13 +310,8 @@ class _Lock:
         try:
             lease._guard.release()
         except LockError as e:
-            # The lock runs out at its TTL; do not hide the block's own error.
-            warnings.warn(f"release of {self._key!r} failed: {e}", RuntimeWarning, stacklevel=2)
-        if reason is not None and exc_type is None:
-            lease.lost.set()
-            raise LockLost(
-                f"the lock {self._key!r} was lost while held ({reason})", key=self._key, reason=reason
-            )
+            self._release_failed(e)
+        self._lost_while_held(lease, reason, exc_type)
 
 
 # --- asyncio -----------------------------------------------------------------
@@ -382,15 +394,10 @@ async def _release_guard(guard: Any) -> Released:
     return await _run(guard.release_async)
 
 
-class _AsyncLock:
-    __slots__ = ("_client", "_key", "_ttl", "_wait", "_lease")
+class _AsyncLock(_LockBase):
+    """The context manager of :meth:`AsyncClient.lock`."""
 
-    def __init__(self, client: AsyncClient, key: str, ttl: float, wait: float) -> None:
-        self._client = client
-        self._key = key
-        self._ttl = ttl
-        self._wait = wait
-        self._lease: Optional[Lease] = None
+    __slots__ = ()
 
     async def __aenter__(self) -> Lease:
         lost = threading.Event()
@@ -416,9 +423,5 @@ class _AsyncLock:
             lease._guard.abandon()
             raise
         except LockError as e:
-            warnings.warn(f"release of {self._key!r} failed: {e}", RuntimeWarning, stacklevel=2)
-        if reason is not None and exc_type is None:
-            lease.lost.set()
-            raise LockLost(
-                f"the lock {self._key!r} was lost while held ({reason})", key=self._key, reason=reason
-            )
+            self._release_failed(e)
+        self._lost_while_held(lease, reason, exc_type)
