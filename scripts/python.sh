@@ -43,9 +43,14 @@ ensure_venv() {
 # develop [--release]: build the extension and install the package into the venv.
 develop() {
   ensure_venv maturin=maturin
-  VIRTUAL_ENV=$VENV "$VENV/bin/maturin" develop --quiet -m python/Cargo.toml "$@" 2>&1 \
-    | grep -vE '^(🍹|📦|🔗|🐍|💻|📖|✏️|🛠|📡|⚠️  Warning: You.re building|Installed|Finished|Compiling)' || true
-  "$PY" -c 'import redislock_quorum' || { echo "python.sh: the package did not build" >&2; exit 1; }
+  local log; log=$(mktemp)
+  if ! VIRTUAL_ENV=$VENV "$VENV/bin/maturin" develop --quiet -m python/Cargo.toml "$@" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    echo "python.sh: the package did not build" >&2
+    exit 1
+  fi
+  rm -f "$log"
+  "$PY" -c 'import redislock_quorum' 
 }
 
 case "${1:-}" in
