@@ -3,16 +3,15 @@
 //! (`redislock_quorum/__init__.py`) holds the context managers, the asyncio
 //! glue and the exception classes.
 //!
-//! Every operation runs as a task on one tokio runtime per process (one
-//! worker thread), so a round's fan-out, replies and connection drivers stay
-//! on one thread; the calling Python thread only waits for the task, with
-//! the GIL released. Waits that can be long (acquire, lock) wake every 50 ms
+//! Every operation runs on one tokio runtime per process (see [`Engine`]),
+//! driven by the calling thread with the GIL released. Waits that can be long (acquire, lock) wake every 50 ms
 //! to let Python run its signal handlers: a `KeyboardInterrupt` aborts the
 //! task, and the client's cancellation-safety releases whatever the round
 //! was granted.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -23,40 +22,117 @@ use redis_lock_client::{
     Config, Error, HeldLease, LockGuard, LossReason, NodeError, NodeErrorKind, Released,
 };
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// How often a waiting call lets Python check for signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// The process's runtime, with the pid that made it: after `fork` the
-/// parent's worker thread does not exist in the child, so the child makes
-/// its own (the old one is leaked: dropping it would wait for that thread).
-static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+/// The runtime every client of the process shares: a current-thread tokio
+/// runtime that the calling thread drives itself while it waits (as the
+/// Rust client's own benchmark runs), so a round's requests, replies and
+/// connection drivers cost no hand-over between threads. When no call has
+/// been in progress for [`IDLE_AFTER`], a background thread drives it
+/// instead (renewals, the stragglers of a release, asyncio operations) and
+/// hands it back to the next caller.
+struct Engine {
+    rt: Runtime,
+    /// Calls driving (or about to drive) the runtime now.
+    callers: AtomicUsize,
+    /// Calls started so far: the idle driver waits for a quiet period.
+    calls: AtomicU64,
+    /// Asks the idle driver to give the runtime back.
+    kick: Notify,
+    /// Work was spawned from outside: the idle driver should take over now.
+    wanted: AtomicBool,
+    idle_driver: OnceLock<std::thread::Thread>,
+}
+
+/// How long without calls before the background thread drives the runtime.
+const IDLE_AFTER: Duration = Duration::from_millis(1);
+
+impl Engine {
+    fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.callers.fetch_add(1, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.kick.notify_one();
+        let out = self.rt.block_on(fut);
+        self.callers.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
+    fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = self.rt.spawn(fut);
+        if self.callers.load(Ordering::SeqCst) == 0 {
+            self.wanted.store(true, Ordering::SeqCst);
+            if let Some(t) = self.idle_driver.get() {
+                t.unpark();
+            }
+        }
+        handle
+    }
+
+    fn idle_loop(&self) {
+        loop {
+            let seen = self.calls.load(Ordering::SeqCst);
+            if !self.wanted.swap(false, Ordering::SeqCst) {
+                std::thread::park_timeout(IDLE_AFTER);
+                let wanted = self.wanted.swap(false, Ordering::SeqCst);
+                let busy = self.callers.load(Ordering::SeqCst) > 0
+                    || self.calls.load(Ordering::SeqCst) != seen;
+                if busy && !wanted {
+                    continue;
+                }
+            }
+            // Drives everything until a caller asks for the runtime back.
+            self.rt.block_on(self.kick.notified());
+        }
+    }
+}
+
+/// The process's engine, with the pid that made it: after `fork` the
+/// parent's threads do not exist in the child, so the child makes its own
+/// (the old one is leaked: dropping it would wait for those threads).
+static ENGINE: Mutex<Option<(u32, Arc<Engine>)>> = Mutex::new(None);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn runtime() -> PyResult<Arc<Runtime>> {
+fn runtime() -> PyResult<Arc<Engine>> {
     let pid = std::process::id();
-    let mut slot = lock(&RUNTIME);
-    if let Some((owner, rt)) = slot.as_ref() {
+    let mut slot = lock(&ENGINE);
+    if let Some((owner, engine)) = slot.as_ref() {
         if *owner == pid {
-            return Ok(rt.clone());
+            return Ok(engine.clone());
         }
     }
     if let Some((_, inherited)) = slot.take() {
         std::mem::forget(inherited);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("redislock-quorum")
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map(Arc::new)
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start the tokio runtime: {e}")))?;
-    *slot = Some((pid, rt.clone()));
-    Ok(rt)
+    let engine = Arc::new(Engine {
+        rt,
+        callers: AtomicUsize::new(0),
+        calls: AtomicU64::new(0),
+        kick: Notify::new(),
+        wanted: AtomicBool::new(false),
+        idle_driver: OnceLock::new(),
+    });
+    let driver = engine.clone();
+    let thread = std::thread::Builder::new()
+        .name("redislock-quorum".into())
+        .spawn(move || driver.idle_loop())
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the runtime's thread: {e}")))?;
+    let _ = engine.idle_driver.set(thread.thread().clone());
+    *slot = Some((pid, engine.clone()));
+    Ok(engine)
 }
 
 /// A duration in seconds from Python, checked before anything is sent.
@@ -100,6 +176,9 @@ fn loss_name(reason: LossReason) -> &'static str {
 }
 
 fn node_failures<'py>(py: Python<'py>, errors: &[NodeError]) -> PyResult<Bound<'py, PyList>> {
+    if errors.is_empty() {
+        return Ok(PyList::empty(py));
+    }
     let errors_mod = py.import("redislock_quorum._errors")?;
     let cls = errors_mod.getattr("NodeFailure")?;
     let items = errors
@@ -204,39 +283,32 @@ type Outcome<T> = Result<T, Error>;
 /// the runtime. With `interruptible`, wakes every [`SIGNAL_POLL`] to run
 /// Python's signal handlers; if one raises, the task is aborted (dropping
 /// the client's future releases what it was granted) and the error returned.
-fn wait<T, F>(py: Python<'_>, rt: &Arc<Runtime>, fut: F, interruptible: bool) -> PyResult<T>
+fn wait<T, F>(py: Python<'_>, rt: &Arc<Engine>, fut: F, interruptible: bool) -> PyResult<T>
 where
     T: Send + 'static,
     F: Future<Output = Outcome<T>> + Send + 'static,
 {
     let rt = rt.clone();
     let out: Result<Outcome<T>, PyErr> = py.detach(move || {
-        let mut task = rt.spawn(fut);
         rt.block_on(async move {
+            tokio::pin!(fut);
             if !interruptible {
-                return (&mut task).await.map_err(join_error);
+                return Ok(fut.await);
             }
             loop {
                 tokio::select! {
-                    out = &mut task => return out.map_err(join_error),
+                    out = &mut fut => return Ok(out),
                     _ = tokio::time::sleep(SIGNAL_POLL) => {
-                        if let Err(e) = Python::attach(|py| py.check_signals()) {
-                            // Wait for the drop (its releases are then under
-                            // way, its waiting connections closing).
-                            task.abort();
-                            let _ = (&mut task).await;
-                            return Err(e);
-                        }
+                        // On an error `fut` is dropped here, on this thread:
+                        // its releases are under way and its waiting
+                        // connections closed before Python sees the error.
+                        Python::attach(|py| py.check_signals())?;
                     }
                 }
             }
         })
     });
     out?.map_err(|e| to_pyerr(py, &e))
-}
-
-fn join_error(e: tokio::task::JoinError) -> PyErr {
-    PyRuntimeError::new_err(format!("the client's task failed: {e}"))
 }
 
 /// A started asynchronous operation; `cancel()` aborts it (what it was
@@ -256,7 +328,7 @@ impl Task {
 /// Runs `fut` on the runtime and calls `done(True, value)` or
 /// `done(False, exception)` on the runtime's thread when it ends (the
 /// Python side hands that to its event loop with `call_soon_threadsafe`).
-fn spawn<T, F>(rt: &Arc<Runtime>, fut: F, done: Py<PyAny>) -> Task
+fn spawn<T, F>(rt: &Arc<Engine>, fut: F, done: Py<PyAny>) -> Task
 where
     T: for<'py> IntoPyObject<'py> + Send + 'static,
     F: Future<Output = Outcome<T>> + Send + 'static,
@@ -379,13 +451,13 @@ impl ReleasedPy {
 struct Guard {
     guard: Mutex<Option<LockGuard>>,
     held: HeldLease,
-    rt: Arc<Runtime>,
+    rt: Arc<Engine>,
     // Dropping it stops the task that sets the Python event on loss.
     _watch: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl Guard {
-    fn start(guard: LockGuard, event: Py<PyAny>, rt: &Arc<Runtime>) -> Guard {
+    fn start(guard: LockGuard, event: Py<PyAny>, rt: &Arc<Engine>) -> Guard {
         let held = guard.held().clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let watched = held.clone();
@@ -486,12 +558,12 @@ impl Guard {
 #[pyclass(module = "redislock_quorum._native", frozen)]
 struct Client {
     client: redis_lock_client::Client,
-    rt: Arc<Runtime>,
+    rt: Arc<Engine>,
     pid: u32,
 }
 
 impl Client {
-    fn rt(&self) -> PyResult<&Arc<Runtime>> {
+    fn rt(&self) -> PyResult<&Arc<Engine>> {
         if std::process::id() != self.pid {
             return Err(PyRuntimeError::new_err(
                 "this client was created before fork(); its connections belong to the parent: make a new Client in the child process",
@@ -662,13 +734,13 @@ impl Client {
     ) -> PyResult<Guard> {
         let rt = self.rt()?.clone();
         let (ttl, wait_d) = (ttl_of(ttl)?, seconds("wait", wait_s)?);
-        let guard = wait(
-            py,
-            &rt,
-            guard_of(self.client.clone(), key, ttl, wait_d),
-            true,
-        )?;
-        Ok(Guard::start(guard, event, &rt))
+        let (client, engine) = (self.client.clone(), rt.clone());
+        let fut = async move {
+            let guard = guard_of(client, key, ttl, wait_d).await?;
+            // Started on the runtime: its watcher needs no wake-up there.
+            Ok(Guard::start(guard, event, &engine))
+        };
+        wait(py, &rt, fut, true)
     }
 
     /// Waits, at most `limit` seconds, for the requests left to finish in
