@@ -291,18 +291,26 @@ where
     let rt = rt.clone();
     let out: Result<Outcome<T>, PyErr> = py.detach(move || {
         rt.block_on(async move {
-            tokio::pin!(fut);
             if !interruptible {
                 return Ok(fut.await);
             }
+            let mut fut = Box::pin(fut);
             loop {
                 tokio::select! {
                     out = &mut fut => return Ok(out),
                     _ = tokio::time::sleep(SIGNAL_POLL) => {
-                        // On an error `fut` is dropped here, on this thread:
-                        // its releases are under way and its waiting
-                        // connections closed before Python sees the error.
-                        Python::attach(|py| py.check_signals())?;
+                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                            // Dropped here, on this thread, and the runtime
+                            // run a little: the releases are sent and the
+                            // waiting connections' drivers end (closing them,
+                            // which takes the waiter out of the queues)
+                            // before Python sees the error.
+                            drop(fut);
+                            for _ in 0..4 {
+                                tokio::task::yield_now().await;
+                            }
+                            return Err(e);
+                        }
                     }
                 }
             }
