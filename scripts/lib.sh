@@ -42,3 +42,6 @@ stop_node() {
   kill -9 "$pid" 2>/dev/null || true
   rm -f "$dir/pid"
 }
+
+# ratio A B: A / B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }

@@ -1,11 +1,34 @@
 //! redis-lock: distributed locks as a server-side Redis module.
 //!
-//! The pure core (`lock`, `codec`, `args`, `expiry`) knows nothing of Redis
-//! and is tested without a server. The glue (`commands`, `datatype`,
-//! `sweeper`, `ffi`) is compiled only into the loadable module.
+//! Three folders, one per kind of code:
 //!
-//! This file is registration only: the type, the commands with their key
-//! specs, the settings, the event subscriptions and the panic hook.
+//! ```text
+//! src/lib.rs              registration only: the type, the commands with their key
+//!                         specs, the settings, the event subscriptions, the panic hook
+//! src/pure/               the core: knows nothing of Redis, tested without a server
+//!   lock.rs               the lock state machine: (lock, request, now) -> (reply, change)
+//!   lock/tests.rs         its table tests and the property test against a model
+//!   codec.rs              the versioned encoding of a lock (RDB, AOF, replication)
+//!   args.rs               argument parsing and validation into typed requests
+//!   expiry.rs             the expiry index: which key's lock ends when
+//!   queue.rs              the wait queues per key, in ticket order
+//!   rejoin.rs             the delayed rejoin and promotion delay arithmetic
+//!   settings.rs           the module's settings and their bounds
+//!   clock.rs              the monotonic clock in microseconds
+//!   version.rs            the one version number, and its `MODULE LIST` integer
+//! src/server/             the Redis glue: compiled only into the loadable module
+//!   commands.rs           one thin function per command: parse, open, decide, apply, reply
+//!   keys.rs               the key operations every path shares: store a lock, end one
+//!                         (delete, notify, replicate), hand a freed lock to its next waiter
+//!   waiters.rs            the blocked clients of `WAIT`, their timeouts and disconnections
+//!   sweeper.rs            the timer that ends locks at their deadline; keyspace events
+//!   datatype.rs           the `redislock` type's callbacks (rdb, aof, copy, digest, memory)
+//!   state.rs              the module's node-wide state: fencing counter, index, timer
+//!   stats.rs              the counters of `INFO lock`
+//!   resetstat.rs          `CONFIG RESETSTAT` resets the module's counters too
+//! src/ffi/                every raw `RedisModule_*` call and every `unsafe` block,
+//!   mod.rs                behind small safe functions and types; the panic barrier
+//! ```
 
 // Unit tests may unwrap and index; module code may not (see [workspace.lints]).
 #![cfg_attr(
@@ -18,38 +41,22 @@
     )
 )]
 
-pub mod args;
-pub mod clock;
-pub mod codec;
-pub mod expiry;
-pub mod lock;
-pub mod queue;
-pub mod rejoin;
-pub mod settings;
+pub mod pure;
 
-#[cfg(all(feature = "module", not(test)))]
-mod commands;
-#[cfg(all(feature = "module", not(test)))]
-mod datatype;
 #[cfg(all(feature = "module", not(test)))]
 mod ffi;
 #[cfg(all(feature = "module", not(test)))]
-mod node;
-#[cfg(all(feature = "module", not(test)))]
-mod resetstat;
-#[cfg(all(feature = "module", not(test)))]
-mod stats;
-#[cfg(all(feature = "module", not(test)))]
-mod sweeper;
-#[cfg(all(feature = "module", not(test)))]
-mod waiters;
+mod server;
 
 #[cfg(all(feature = "module", not(test)))]
 mod module {
-    use crate::datatype::LOCK_TYPE;
+    use crate::command_entry;
+    use crate::ffi::events::ServerEvent;
     use crate::ffi::{self, CommandSpec};
-    use crate::settings::{self, Setting};
-    use crate::{clock, command_entry, commands, node, resetstat, sweeper};
+    use crate::pure::clock;
+    use crate::pure::settings::{self, Setting};
+    use crate::server::datatype::LOCK_TYPE;
+    use crate::server::{commands, resetstat, state, sweeper, waiters};
     use redis_module::configuration::ConfigurationFlags;
     use redis_module::{logging, raw, redis_module, Context, RedisString, Status};
     use std::sync::atomic::{AtomicI64, Ordering};
@@ -173,8 +180,8 @@ mod module {
         // that lost its data resumes above every token it handed out before,
         // unless its clock went backwards. Persisted counters raise it further.
         let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
-        node::with(|n| n.fences.observe(wall_micros));
-        crate::waiters::init_clock(wall_micros);
+        state::with(|n| n.fences.observe(wall_micros));
+        waiters::init_clock(wall_micros);
         commands::init_rejoin(ctx);
         let with_lock_category = ffi::add_acl_category(raw_ctx);
         for spec in command_specs(with_lock_category) {
@@ -189,29 +196,10 @@ mod module {
             | raw::REDISMODULE_NOTIFY_LOADED
             | raw::REDISMODULE_NOTIFY_EXPIRED
             | raw::REDISMODULE_NOTIFY_EVICTED;
+        ffi::blocked::on_disconnect(waiters::disconnected);
         let subscribed =
-            ffi::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
-                .and_then(|()| {
-                    ffi::subscribe_server_event(
-                        raw_ctx,
-                        raw::REDISMODULE_EVENT_SWAPDB,
-                        sweeper::on_swapdb,
-                    )
-                })
-                .and_then(|()| {
-                    ffi::subscribe_server_event(
-                        raw_ctx,
-                        raw::REDISMODULE_EVENT_FLUSHDB,
-                        sweeper::on_flush,
-                    )
-                })
-                .and_then(|()| {
-                    ffi::subscribe_server_event(
-                        raw_ctx,
-                        raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
-                        commands::on_role_changed,
-                    )
-                });
+            ffi::events::subscribe_keyspace_events(raw_ctx, events, sweeper::on_keyspace_event)
+                .and_then(|()| ffi::events::subscribe_server_events(raw_ctx, on_server_event));
         if let Err(e) = subscribed.and_then(|()| resetstat::install(raw_ctx)) {
             ctx.log_warning(&format!("lock: {e}"));
             return Status::Err;
@@ -219,6 +207,14 @@ mod module {
         // Replaces the crate's default INFO handler: this runs after it.
         raw::register_info_function(raw_ctx, Some(info_entry));
         Status::Ok
+    }
+
+    fn on_server_event(ctx: &Context, event: ServerEvent) {
+        match event {
+            ServerEvent::SwapDb(a, b) => sweeper::on_swapdb(ctx, a, b),
+            ServerEvent::Flushed(db) => sweeper::on_flush(ctx, db),
+            ServerEvent::Promoted => commands::on_promoted(ctx),
+        }
     }
 
     extern "C" fn info_entry(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: i32) {
@@ -229,7 +225,7 @@ mod module {
 
     redis_module! {
         name: "lock",
-        version: 1,
+        version: crate::pure::version::MODULE_VERSION,
         allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
         data_types: [LOCK_TYPE],
         init: init,

@@ -17,7 +17,7 @@ fn take_locks(conn: &mut Connection, n: usize) -> Vec<(String, String, i64)> {
     (0..n)
         .map(|i| {
             let (key, token) = (format!("lock:{i}"), format!("owner-{i}"));
-            let fence = acquire(conn, &key, &token, 600_000).unwrap();
+            let fence = acquire(conn, &key, &token, 240_000).unwrap();
             (key, token, fence)
         })
         .collect()
@@ -29,7 +29,7 @@ fn assert_held(flavor: Flavor, conn: &mut Connection, locks: &[(String, String, 
         let shown = info(conn, key).unwrap_or_else(|| panic!("{flavor}: {what}: {key} lost"));
         assert_eq!(shown["fence"], *fence, "{flavor}: {what}: {key}");
         assert!(
-            shown["ttl"] > 0 && shown["ttl"] <= 600_000,
+            shown["ttl"] > 0 && shown["ttl"] <= 240_000,
             "{flavor}: {what}: {shown:?}"
         );
         assert_eq!(
@@ -38,7 +38,7 @@ fn assert_held(flavor: Flavor, conn: &mut Connection, locks: &[(String, String, 
             "{flavor}: {what}: {key} refused to others"
         );
         assert_eq!(
-            acquire(conn, key, token, 600_000),
+            acquire(conn, key, token, 240_000),
             Some(*fence),
             "{flavor}: {what}: owner keeps {key}"
         );
@@ -98,7 +98,7 @@ fn restart_with_appendfsync_always_keeps_every_acknowledged_lock() {
         let mut c = server.conn();
         let locks = take_locks(&mut c, 50);
         // A released lock's fence must not be handed out again either.
-        let released = acquire(&mut c, "gone", "t", 600_000).unwrap();
+        let released = acquire(&mut c, "gone", "t", 240_000).unwrap();
         let _: i64 = redis::cmd("LOCK.RELEASE")
             .arg("gone")
             .arg("t")

@@ -158,20 +158,109 @@ fn the_default_is_max_ttl_without_aof_and_off_with_it() {
         });
         assert!(server.log().contains("delayed rejoin"), "{flavor}: logged");
 
-        // With the AOF on, no delay.
-        let server = Server::builder(flavor)
+        assert!(server.log().contains("delayed rejoin"), "{flavor}: logged");
+    }
+}
+
+/// `appendonly yes` is not enough to skip the delay: the node must have
+/// brought its state back. A fresh (or wiped) AOF node waits, and says how
+/// an operator ends the wait; one that loaded its AOF grants at once.
+#[test]
+fn the_default_is_off_only_when_the_aof_brought_the_state_back() {
+    for flavor in testkit::flavors() {
+        let mut server = Server::builder(flavor)
             .appendonly(true)
             .module_arg("rejoin-delay-ms", "-1")
+            .module_arg("max-ttl-ms", "600000")
             .start();
         let mut c = server.conn();
+        let err = try_acquire(&mut c, "k", "a", 500).unwrap_err();
+        assert!(err.starts_with("TRYAGAIN"), "{flavor}: {err}");
         assert!(
-            try_acquire(&mut c, "k", "a", 500).unwrap().is_some(),
+            err.contains("CONFIG SET lock.rejoin-delay-ms 0"),
+            "{flavor}: the refusal says how to end it: {err}"
+        );
+        assert!(
+            server.info("lock").contains("nothing loaded"),
+            "{flavor}: {}",
+            server.info("lock")
+        );
+        assert!(
+            server.log().contains("CONFIG SET lock.rejoin-delay-ms 0"),
+            "{flavor}: logged"
+        );
+        // A reload later (here DEBUG RELOAD, which writes and reads back an
+        // RDB with the module's state) does not count as coming back.
+        let _: () = redis::cmd("DEBUG").arg("RELOAD").query(&mut c).unwrap();
+        let err = try_acquire(&mut c, "k", "a", 500).unwrap_err();
+        assert!(
+            err.starts_with("TRYAGAIN"),
+            "{flavor}: after DEBUG RELOAD: {err}"
+        );
+        // The operator knows this node is new.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("lock.rejoin-delay-ms")
+            .arg("0")
+            .query(&mut c)
+            .unwrap();
+        assert!(
+            try_acquire(&mut c, "k", "a", 60_000).unwrap().is_some(),
             "{flavor}"
+        );
+
+        // Restarted with its AOF (fsync always): the lock is back, and new
+        // grants need no delay. CONFIG SET was not persisted: the setting
+        // is the automatic one again.
+        server.restart();
+        let mut c = server.conn();
+        assert!(
+            server.info("lock").contains("appendonly yes, state loaded"),
+            "{flavor}: {}",
+            server.info("lock")
         );
         assert_eq!(
             info_field(&mut c, "lock", "lock_rejoin_delay_left_ms"),
             0,
             "{flavor}"
+        );
+        assert!(info(&mut c, "k").is_some(), "{flavor}: the lock came back");
+        assert!(
+            try_acquire(&mut c, "other", "b", 500).unwrap().is_some(),
+            "{flavor}: grants at once"
+        );
+
+        // Its AOF lost: it waits again.
+        server.restart_wiped();
+        let mut c = server.conn();
+        let err = try_acquire(&mut c, "k", "b", 500).unwrap_err();
+        assert!(err.starts_with("TRYAGAIN"), "{flavor}: wiped: {err}");
+    }
+}
+
+/// A node whose AOF holds only the module's counter (no lock left, after a
+/// rewrite) has still brought its state back.
+#[test]
+fn an_aof_with_no_locks_but_the_counter_counts_as_loaded() {
+    for flavor in testkit::flavors() {
+        let mut server = Server::builder(flavor)
+            .appendonly(true)
+            .module_arg("rejoin-delay-ms", "0")
+            .start();
+        let mut c = server.conn();
+        assert!(try_acquire(&mut c, "k", "a", 60_000).unwrap().is_some());
+        assert_eq!(release(&mut c, "k", "a"), 1, "{flavor}");
+        let _: () = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap_or(());
+        testkit::eventually(Duration::from_secs(10), "the rewrite ends", || {
+            (info_field(&mut c, "persistence", "aof_rewrite_in_progress") == 0
+                && info_field(&mut c, "persistence", "aof_rewrite_scheduled") == 0)
+                .then_some(())
+        });
+        server.restart();
+        let state = server.info("lock");
+        assert!(
+            state.contains("rejoin_restart:appendonly yes, state loaded"),
+            "{flavor}: {state}"
         );
     }
 }

@@ -28,7 +28,7 @@ fn a_replica_ends_with_the_same_locks_and_digest() {
         // Some state before the replica attaches travels by full sync (RDB),
         // the rest by the command stream.
         let mut p = primary.conn();
-        let early = acquire(&mut p, "early", "tok-early", 600_000).unwrap();
+        let early = acquire(&mut p, "early", "tok-early", 240_000).unwrap();
         let replica = Server::builder(flavor).replica_of(&primary).start();
         replica.wait_replica_synced(Duration::from_secs(10));
         let mut r = replica.conn();
@@ -37,7 +37,7 @@ fn a_replica_ends_with_the_same_locks_and_digest() {
             let key = format!("k{i}");
             fences.push((
                 key.clone(),
-                acquire(&mut p, &key, format!("t{i}"), 600_000).unwrap(),
+                acquire(&mut p, &key, format!("t{i}"), 240_000).unwrap(),
             ));
         }
         let _: i64 = redis::cmd("LOCK.EXTEND")
@@ -104,7 +104,7 @@ fn a_promoted_replica_refuses_a_second_holder() {
         let replica = Server::builder(flavor).replica_of(&primary).start();
         replica.wait_replica_synced(Duration::from_secs(10));
         let mut p = primary.conn();
-        let fence = acquire(&mut p, "res", "first", 600_000).unwrap();
+        let fence = acquire(&mut p, "res", "first", 240_000).unwrap();
         wait_replicated(&mut p);
         primary.kill();
         let mut r = replica.conn();
@@ -119,7 +119,7 @@ fn a_promoted_replica_refuses_a_second_holder() {
             "{flavor}: the lock that replicated is held"
         );
         assert_eq!(
-            acquire(&mut r, "res", "first", 600_000),
+            acquire(&mut r, "res", "first", 240_000),
             Some(fence),
             "{flavor}: by its holder"
         );

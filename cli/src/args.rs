@@ -98,6 +98,8 @@ pub enum Command {
     Info(InfoArgs),
     Status(StatusArgs),
     Completions(CompletionsArgs),
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// Run a command while holding the lock; release it when the command exits.
@@ -269,6 +271,11 @@ pub struct StatusArgs {
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
+
+/// Print the redis-lock(1) manual page (roff), generated from this tool's
+/// own definition: redis-lock man > redis-lock.1
+#[derive(Debug, Args)]
+pub struct ManArgs {}
 
 #[cfg(test)]
 mod tests {

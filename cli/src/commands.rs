@@ -37,6 +37,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Info(a) => info(g, a).await,
         Command::Status(a) => status(g, a).await,
         Command::Completions(c) => completions(c.shell),
+        Command::Man(_) => man(),
     }
 }
 
@@ -275,6 +276,21 @@ async fn status(g: &Global, a: StatusArgs) -> u8 {
         exit::DEGRADED
     } else {
         Failure::from_node_kinds(probes.iter().filter_map(|p| p.failure_kind())).code()
+    }
+}
+
+/// The manual page, from the same definition as `--help`.
+pub fn man() -> u8 {
+    let mut page = Vec::new();
+    match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+        Ok(()) => {
+            put(&String::from_utf8_lossy(&page));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("redis-lock: cannot render the manual page: {e}");
+            exit::INTERNAL
+        }
     }
 }
 

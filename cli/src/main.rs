@@ -58,8 +58,10 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Command::Completions(c) = &cli.command {
-        return ExitCode::from(commands::completions(c.shell));
+    match &cli.command {
+        Command::Completions(c) => return ExitCode::from(commands::completions(c.shell)),
+        Command::Man(_) => return ExitCode::from(commands::man()),
+        _ => {}
     }
     // One thread is plenty for a handful of connections and one child.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -51,6 +51,10 @@
 
 mod background;
 pub mod blocking;
+
+/// This crate's version, the same number as the module's (`INFO lock`,
+/// `MODULE LIST`) and `redis-lock --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 mod client;
 mod config;
 mod error;

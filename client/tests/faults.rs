@@ -182,17 +182,31 @@ fn set_config(server: &Server, name: &str, value: &str) {
 
 // ---------------------------------------------------------------- restart
 
+/// How the restarted node comes back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// `appendonly no`: whatever it granted is gone.
+    NoPersistence,
+    /// `appendonly yes`, but its directory is wiped (a lost disk, a
+    /// container without a volume): it loads nothing.
+    WipedAof,
+}
+
 /// Per round: node `blocked` is held by someone else, so A's lease is
 /// granted by exactly the other two; one of them is killed and restarted at
-/// once without persistence; the block is lifted and B tries.
-async fn restart_scenario(delayed_rejoin: bool) -> Report {
+/// once without its data; the block is lifted and B tries.
+async fn restart_scenario(delayed_rejoin: bool, how: Restart) -> Report {
     const TTL: Duration = Duration::from_millis(1500);
     let f = testkit::first_flavor();
     let delay = if delayed_rejoin { "-1" } else { "0" };
     let mut set = NodeSet::start_with(3, |_| {
-        Server::builder(f)
+        let b = Server::builder(f)
             .module_arg("rejoin-delay-ms", delay)
-            .module_arg("max-ttl-ms", "2000")
+            .module_arg("max-ttl-ms", "2000");
+        match how {
+            Restart::NoPersistence => b,
+            Restart::WipedAof => b.appendonly(false),
+        }
     });
     // A fresh cluster holds nothing: the operator ends the initial delay.
     for s in &set.nodes {
@@ -213,11 +227,22 @@ async fn restart_scenario(delayed_rejoin: bool) -> Report {
             .expect("A is granted by the two free nodes");
         assert_eq!(a.nodes(), &others[..]);
         let victim = others[rng.random_range(0..2)];
-        rec.fault(
-            0,
-            format!("kill -9 and restart node {victim} without persistence"),
-        );
-        tokio::task::block_in_place(|| set.nodes[victim].restart());
+        match how {
+            Restart::NoPersistence => {
+                rec.fault(
+                    0,
+                    format!("kill -9 and restart node {victim} without persistence"),
+                );
+                tokio::task::block_in_place(|| set.nodes[victim].restart());
+            }
+            Restart::WipedAof => {
+                rec.fault(
+                    0,
+                    format!("kill -9 node {victim}, wipe its AOF, restart (appendonly yes)"),
+                );
+                tokio::task::block_in_place(|| set.nodes[victim].restart_wiped());
+            }
+        }
         assert_eq!(
             lockcmd::release(&mut set.nodes[blocked].conn(), &key, "other"),
             1
@@ -234,7 +259,11 @@ async fn restart_scenario(delayed_rejoin: bool) -> Report {
     }
     table(
         &format!(
-            "restart, delayed rejoin {}",
+            "restart{}, delayed rejoin {}",
+            match how {
+                Restart::NoPersistence => "",
+                Restart::WipedAof => " (AOF wiped)",
+            },
             if delayed_rejoin { "on" } else { "off" }
         ),
         &rec.history(),
@@ -243,7 +272,7 @@ async fn restart_scenario(delayed_rejoin: bool) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_a_node_restarted_without_persistence_grants_twice() {
-    let report = restart_scenario(false).await;
+    let report = restart_scenario(false, Restart::NoPersistence).await;
     let (malformed, _, _, overlap) = report.counts();
     assert_eq!(malformed, 0, "{report}");
     assert!(
@@ -254,7 +283,27 @@ async fn negative_control_a_node_restarted_without_persistence_grants_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_rejoin_keeps_a_restarted_node_from_granting_twice() {
-    let report = restart_scenario(true).await;
+    let report = restart_scenario(true, Restart::NoPersistence).await;
+    assert!(report.is_ok(), "{report}");
+    assert!(report.acquisitions_failed >= 1, "B was refused: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_an_aof_node_restarted_empty_without_a_delay_grants_twice() {
+    let report = restart_scenario(false, Restart::WipedAof).await;
+    let (malformed, _, _, overlap) = report.counts();
+    assert_eq!(malformed, 0, "{report}");
+    assert!(
+        overlap >= 1,
+        "the checker must see the second holder: {report}"
+    );
+}
+
+/// `appendonly yes` does not switch the automatic delay off by itself: a
+/// node whose AOF did not survive loads nothing, and waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automatic_delay_keeps_an_aof_node_restarted_empty_from_granting_twice() {
+    let report = restart_scenario(true, Restart::WipedAof).await;
     assert!(report.is_ok(), "{report}");
     assert!(report.acquisitions_failed >= 1, "B was refused: {report}");
 }

@@ -79,11 +79,19 @@ impl fmt::Display for Flavor {
     }
 }
 
-/// Python's purelib directory, where the Valkey wheels live. Asked once per process.
+/// The purelib directory where the Valkey wheels live: the project's own
+/// `.venv` (where `make deps` puts them), else the system `python3`'s.
+/// Asked once per process.
 fn site_packages() -> Option<&'static Path> {
     static SITE: OnceLock<Option<PathBuf>> = OnceLock::new();
     SITE.get_or_init(|| {
-        let out = Command::new("python3")
+        let venv = crate::workspace_root().join(".venv/bin/python3");
+        let python = if venv.is_file() {
+            venv.into_os_string()
+        } else {
+            "python3".into()
+        };
+        let out = Command::new(python)
             .args([
                 "-c",
                 "import sysconfig; print(sysconfig.get_paths()['purelib'])",

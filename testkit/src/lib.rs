@@ -37,6 +37,7 @@ mod server;
 use std::env;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -52,30 +53,65 @@ pub use redis;
 pub use rng::Rng;
 pub use server::{Server, ServerBuilder};
 
+/// The workspace's root directory (where `Cargo.toml`, `target/` and `.venv/` are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
 /// The module to load: `REDIS_LOCK_MODULE` if set, else `libredis_lock.so` in the workspace's
-/// `target/debug` (or `$CARGO_TARGET_DIR/debug`). Panics if the file does not exist.
+/// `target/debug` (or `$CARGO_TARGET_DIR/debug`). When neither exists (a plain `cargo test` on a
+/// clean checkout), the module is built once, into `target/testkit` (the outer cargo holds the
+/// lock on `target/debug` while tests run). Panics if no module can be had.
 pub fn module_path() -> PathBuf {
-    let path = match env::var_os("REDIS_LOCK_MODULE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("testkit lives inside the workspace")
-                .to_path_buf();
-            let target = match env::var_os("CARGO_TARGET_DIR") {
-                Some(t) if !t.is_empty() => root.join(t),
-                _ => root.join("target"),
-            };
-            target.join("debug").join("libredis_lock.so")
-        }
+    if let Some(p) = env::var_os("REDIS_LOCK_MODULE").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(p);
+        assert!(
+            path.is_file(),
+            "REDIS_LOCK_MODULE={} does not exist: build the module first: cargo build -p redis-lock",
+            path.display()
+        );
+        return path;
+    }
+    let root = workspace_root();
+    let target = match env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if !t.is_empty() => root.join(t),
+        _ => root.join("target"),
     };
-    assert!(
-        path.is_file(),
-        "module not found at {}: build the module first: cargo build -p redis-lock \
-         (or point REDIS_LOCK_MODULE at the .so)",
-        path.display()
-    );
-    path
+    let built = target.join("debug").join("libredis_lock.so");
+    if built.is_file() {
+        return built;
+    }
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let own = target.join("testkit");
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!(
+            "testkit: {} is missing: building the module into {}",
+            built.display(),
+            own.display()
+        );
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "redis-lock", "--target-dir"])
+            .arg(&own)
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        let path = own.join("debug").join("libredis_lock.so");
+        if status.success() && path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("cargo build -p redis-lock failed ({status})"))
+        }
+    });
+    match result {
+        Ok(path) => path.clone(),
+        Err(e) => panic!(
+            "module not found at {} and building it failed: {e} (or point REDIS_LOCK_MODULE at the .so)",
+            built.display()
+        ),
+    }
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).

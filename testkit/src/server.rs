@@ -34,7 +34,6 @@ const LOG_FILE: &str = "server.log";
 /// stdout/stderr of the process: errors before the log file is open (bad arguments) land here.
 const STDIO_FILE: &str = "stdio.log";
 const FAKETIME_FILE: &str = "faketime";
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// Ports held by live `Server`s of this process (running or killed awaiting a restart), so
 /// that a new server never picks a port an old one is going to come back on.
@@ -159,8 +158,8 @@ impl ServerBuilder {
             self.flavor
         );
         assert!(
-            Path::new(LIBFAKETIME).is_file(),
-            "libfaketime not found at {LIBFAKETIME}: apt-get install -y faketime"
+            libfaketime().is_some(),
+            "libfaketime not found under /usr/lib/<arch>/faketime: apt-get install -y faketime"
         );
         self.faketime = true;
         self
@@ -360,6 +359,25 @@ impl Server {
     /// SIGKILL, then start again with the same dir, port and arguments.
     pub fn restart(&mut self) {
         self.kill();
+        self.start_again();
+    }
+
+    /// SIGKILL, delete its data (the RDB and the AOF directory, as a wiped
+    /// disk or a container without a volume would), then start again with
+    /// the same dir, port and arguments.
+    pub fn restart_wiped(&mut self) {
+        self.kill();
+        let entries = fs::read_dir(&self.dir_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.dir_path.display()));
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "appendonlydir" || name.starts_with("appendonly.aof") {
+                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            } else if name.ends_with(".rdb") {
+                let _ = fs::remove_file(&path);
+            }
+        }
         self.start_again();
     }
 
@@ -594,7 +612,7 @@ impl Server {
         // FAKETIME in the environment would take priority over the timestamp file.
         cmd.env_remove("FAKETIME").env_remove("LD_PRELOAD");
         if self.config.faketime {
-            cmd.env("LD_PRELOAD", LIBFAKETIME)
+            cmd.env("LD_PRELOAD", libfaketime().unwrap_or_default())
                 .env("FAKETIME_TIMESTAMP_FILE", self.dir_path.join(FAKETIME_FILE))
                 .env("FAKETIME_NO_CACHE", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
@@ -832,6 +850,23 @@ fn slowdown() -> u32 {
     } else {
         1
     }
+}
+
+/// Debian's libfaketime, wherever the architecture puts it
+/// (`/usr/lib/<triplet>/faketime/libfaketime.so.1`), or `FAKETIME_LIB`.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FAKETIME_LIB").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let direct = Path::new("/usr/lib/faketime/libfaketime.so.1");
+    if direct.is_file() {
+        return Some(direct.to_path_buf());
+    }
+    fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

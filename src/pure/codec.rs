@@ -21,7 +21,7 @@
 //! ```
 //! Version 1 (read only) is the same without the hold-left field.
 
-use crate::lock::{Lock, Micros, Token, MAX_FENCE, MAX_TOKEN_LEN};
+use crate::pure::lock::{Lock, Micros, MAX_FENCE, MAX_TOKEN_LEN};
 use std::fmt;
 
 /// The encoding written by this build. Also the module type's encoding
@@ -55,8 +55,9 @@ impl fmt::Display for DecodeError {
 }
 
 pub fn encode(lock: &Lock, now: Micros) -> Vec<u8> {
-    let owner = lock.owner.get(..MAX_TOKEN_LEN).unwrap_or(&lock.owner);
-    let hold_left = lock.hold_limit.map_or(NO_HOLD_LIMIT, |limit| {
+    let owner = lock.owner();
+    let owner = owner.get(..MAX_TOKEN_LEN).unwrap_or(owner);
+    let hold_left = lock.hold_limit().map_or(NO_HOLD_LIMIT, |limit| {
         limit.saturating_sub(now).min(NO_HOLD_LIMIT - 1)
     });
     let mut out = Vec::with_capacity(1 + 8 * 5 + 2 + owner.len());
@@ -64,7 +65,7 @@ pub fn encode(lock: &Lock, now: Micros) -> Vec<u8> {
     out.extend_from_slice(&lock.fence.to_le_bytes());
     out.extend_from_slice(&lock.remaining(now).to_le_bytes());
     out.extend_from_slice(&lock.held_for(now).to_le_bytes());
-    out.extend_from_slice(&lock.extensions.to_le_bytes());
+    out.extend_from_slice(&lock.extensions().to_le_bytes());
     out.extend_from_slice(&hold_left.to_le_bytes());
     // The owner is at most 256 bytes (checked on input), so this never truncates.
     out.extend_from_slice(&(owner.len() as u16).to_le_bytes());
@@ -94,18 +95,18 @@ pub fn decode(bytes: &[u8], now: Micros) -> Result<Lock, DecodeError> {
     if fence == 0 || fence > MAX_FENCE {
         return Err(DecodeError::BadFence(fence));
     }
-    let owner = Token::from_slice(r.take(owner_len)?);
+    let owner = r.take(owner_len)?;
     if !r.0.is_empty() {
         return Err(DecodeError::TrailingBytes);
     }
-    Ok(Lock {
+    Ok(Lock::new(
         owner,
         fence,
-        deadline: now.saturating_add(remaining),
-        acquired_at: now.saturating_sub(held),
-        extensions,
-        hold_limit: (hold_left != NO_HOLD_LIMIT).then(|| now.saturating_add(hold_left)),
-    })
+        now.saturating_add(remaining),
+        now.saturating_sub(held),
+    )
+    .with_extensions(extensions)
+    .with_hold_limit((hold_left != NO_HOLD_LIMIT).then(|| now.saturating_add(hold_left))))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -149,14 +150,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> Lock {
-        Lock {
-            owner: b"owner-token"[..].into(),
-            fence: 42,
-            deadline: 10_000_000,
-            acquired_at: 4_000_000,
-            extensions: 3,
-            hold_limit: Some(18_000_000),
-        }
+        Lock::new(b"owner-token", 42, 10_000_000, 4_000_000)
+            .with_extensions(3)
+            .with_hold_limit(Some(18_000_000))
     }
 
     const HEADER_LEN_V1: usize = 1 + 8 * 4 + 2;
@@ -200,27 +196,26 @@ mod tests {
     fn version_2_fixture_is_stable() {
         assert_eq!(hex(&encode(&sample(), 8_000_000)), FIXTURE_V2);
         let decoded = decode(&unhex(FIXTURE_V2), 100_000_000).unwrap();
-        assert_eq!(decoded.owner.as_slice(), b"owner-token");
+        assert_eq!(decoded.owner(), b"owner-token");
         assert_eq!(decoded.fence, 42);
         assert_eq!(decoded.deadline, 102_000_000);
         assert_eq!(decoded.acquired_at, 96_000_000);
-        assert_eq!(decoded.extensions, 3);
-        assert_eq!(decoded.hold_limit, Some(110_000_000));
+        assert_eq!(decoded.extensions(), 3);
+        assert_eq!(decoded.hold_limit(), Some(110_000_000));
     }
 
     #[test]
     fn version_1_fixture_still_decodes() {
         let decoded = decode(&unhex(FIXTURE_V1), 100_000_000).unwrap();
-        assert_eq!(decoded.owner.as_slice(), b"owner-token");
+        assert_eq!(decoded.owner(), b"owner-token");
         assert_eq!(decoded.fence, 42);
         assert_eq!(decoded.deadline, 102_000_000);
         assert_eq!(decoded.acquired_at, 96_000_000);
-        assert_eq!(decoded.extensions, 3);
-        assert_eq!(decoded.hold_limit, None);
-        let mut no_limit = sample();
-        no_limit.hold_limit = None;
+        assert_eq!(decoded.extensions(), 3);
+        assert_eq!(decoded.hold_limit(), None);
+        let no_limit = sample().with_hold_limit(None);
         let again = decode(&encode(&no_limit, 8_000_000), 8_000_000).unwrap();
-        assert_eq!(again.hold_limit, None);
+        assert_eq!(again.hold_limit(), None);
     }
 
     #[test]
@@ -286,14 +281,9 @@ mod tests {
                       extensions: u64,
                       hold in proptest::option::of(0..u64::MAX / 4),
                       now in u64::MAX / 2..u64::MAX / 2 + 1_000_000) {
-            let lock = Lock {
-                owner: owner.into(),
-                fence,
-                deadline: now + remaining,
-                acquired_at: now - held,
-                extensions,
-                hold_limit: hold.map(|h| now + h),
-            };
+            let lock = Lock::new(&owner, fence, now + remaining, now - held)
+                .with_extensions(extensions)
+                .with_hold_limit(hold.map(|h| now + h));
             prop_assert_eq!(decode(&encode(&lock, now), now), Ok(lock));
         }
 
@@ -317,14 +307,7 @@ mod tests {
             tail in proptest::collection::vec(any::<u8>(), 0..3),
         ) {
             let now = u64::MAX / 2;
-            let lock = Lock {
-                owner: owner.into(),
-                fence,
-                deadline: now + 5_000,
-                acquired_at: now - 10,
-                extensions: 3,
-                hold_limit: None,
-            };
+            let lock = Lock::new(&owner, fence, now + 5_000, now - 10).with_extensions(3);
             let mut bytes = encode(&lock, now);
             for (at, b) in patches {
                 let n = bytes.len();
@@ -337,7 +320,7 @@ mod tests {
             }
             bytes.extend_from_slice(&tail);
             if let Ok(got) = decode(&bytes, now) {
-                prop_assert!((1..=256).contains(&got.owner.len()));
+                prop_assert!((1..=256).contains(&got.owner().len()));
                 prop_assert!(got.fence >= 1 && got.fence <= MAX_FENCE);
                 prop_assert!(got.deadline >= now);
             }

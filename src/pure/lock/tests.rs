@@ -2,23 +2,16 @@ use super::*;
 use proptest::prelude::*;
 
 /// name, current lock, token, now, expected reply, expected change
-type Case<R = bool> = (&'static str, Option<Lock>, &'static [u8], Micros, R, Change);
+type Case<R> = (&'static str, Option<Lock>, &'static [u8], Micros, R, Change);
 
 const A: &[u8] = b"token-a";
 const B: &[u8] = b"token-b";
 
 fn held(owner: &[u8], fence: u64, deadline: Micros) -> Lock {
-    Lock {
-        owner: owner.into(),
-        fence,
-        deadline,
-        acquired_at: 100,
-        extensions: 0,
-        hold_limit: None,
-    }
+    Lock::new(owner, fence, deadline, 100)
 }
 
-fn req(token: &[u8], ttl: Micros) -> AcquireRequest<'_> {
+fn req(token: &[u8], ttl: Micros) -> AcquireRequest<&[u8]> {
     AcquireRequest {
         token,
         ttl,
@@ -59,7 +52,7 @@ fn acquire_table() {
             current: Some(held(A, 3, 2_000)),
             token: A,
             now: 1_000,
-            reply: Acquired::Granted(3),
+            reply: Acquired::Refreshed(3),
             deadline: Some(1_500),
         },
         Case {
@@ -91,7 +84,7 @@ fn acquire_table() {
         match (&out.change, case.deadline) {
             (Change::Put(lock), Some(deadline)) => {
                 assert_eq!(lock.deadline, deadline, "{}", case.name);
-                assert_eq!(lock.owner.as_slice(), case.token, "{}", case.name);
+                assert_eq!(lock.owner(), case.token, "{}", case.name);
             }
             (Change::Keep, None) => {}
             (change, _) => panic!("{}: unexpected change {change:?}", case.name),
@@ -102,20 +95,18 @@ fn acquire_table() {
 #[test]
 fn a_new_grant_resets_acquisition_time_and_extensions() {
     let mut fences = FenceCounter::default();
-    let mut old = held(A, 1, 10);
-    old.extensions = 4;
+    let old = held(A, 1, 10).with_extensions(4);
     let out = acquire(Some(&old), &req(B, 100), 50, &mut fences);
     let Change::Put(lock) = out.change else {
         panic!("expected a grant")
     };
-    assert_eq!((lock.acquired_at, lock.extensions), (50, 0));
+    assert_eq!((lock.acquired_at, lock.extensions()), (50, 0));
 }
 
 #[test]
 fn re_acquire_keeps_acquisition_time_and_extensions() {
     let mut fences = FenceCounter::default();
-    let mut old = held(A, 1, 1_000);
-    old.extensions = 4;
+    let old = held(A, 1, 1_000).with_extensions(4);
     let out = acquire(Some(&old), &req(A, 100), 50, &mut fences);
     assert_eq!(
         out.change,
@@ -144,11 +135,13 @@ fn extend_table() {
             A,
             99,
             Extended::Extended,
-            Change::Put(Lock {
-                deadline: 149,
-                extensions: 1,
-                ..held(A, 2, 100)
-            }),
+            Change::Put(
+                Lock {
+                    deadline: 149,
+                    ..held(A, 2, 100)
+                }
+                .with_extensions(1),
+            ),
         ),
         (
             "another token cannot extend",
@@ -183,14 +176,21 @@ fn extend_table() {
 
 #[test]
 fn release_table() {
-    let cases: [Case; 4] = [
-        ("nothing to release", None, A, 10, false, Change::Keep),
+    let cases: [Case<Released>; 4] = [
+        (
+            "nothing to release",
+            None,
+            A,
+            10,
+            Released::NotHeld,
+            Change::Keep,
+        ),
         (
             "holder releases",
             Some(held(A, 2, 100)),
             A,
             99,
-            true,
+            Released::Freed,
             Change::Remove,
         ),
         (
@@ -198,7 +198,7 @@ fn release_table() {
             Some(held(B, 2, 100)),
             A,
             99,
-            false,
+            Released::HeldByAnother,
             Change::Keep,
         ),
         (
@@ -206,7 +206,7 @@ fn release_table() {
             Some(held(A, 2, 100)),
             A,
             100,
-            false,
+            Released::NotHeld,
             Change::Remove,
         ),
     ];
@@ -218,14 +218,9 @@ fn release_table() {
 
 #[test]
 fn view_rounds_ttl_up_and_hides_the_token() {
-    let lock = Lock {
-        owner: b"secret"[..].into(),
-        fence: 9,
-        deadline: 10_001,
-        acquired_at: 1_000,
-        extensions: 2,
-        hold_limit: Some(20_000),
-    };
+    let lock = Lock::new(b"secret", 9, 10_001, 1_000)
+        .with_extensions(2)
+        .with_hold_limit(Some(20_000));
     let v = view(Some(&lock), 5_999).expect("live");
     assert_eq!(v.ttl_ms, 5, "4002 us left shows as 5 ms");
     assert_eq!(v.acquired_ms, 4);
@@ -323,7 +318,7 @@ proptest! {
             let token = if holder_a { A } else { B };
             let request = AcquireRequest { fence_floor: floor, ..req(token, 1) };
             let out = acquire(slot.as_ref(), &request, now * 10, &mut fences);
-            if let Acquired::Granted(_) = out.reply {
+            if out.reply.fence().is_some() {
                 grants += 1;
             }
             prop_assert_ne!(out.reply, Acquired::FencesExhausted);
@@ -353,7 +348,7 @@ fn a_fence_floor_raises_new_grants_refreshes_and_the_counter() {
     let out = acquire(Some(&lock), &floor(A, 70), 10, &mut fences);
     assert_eq!(
         out.reply,
-        Acquired::Granted(70),
+        Acquired::Refreshed(70),
         "the holder raises its fence"
     );
     assert_eq!(fences.last(), 70);
@@ -363,7 +358,7 @@ fn a_fence_floor_raises_new_grants_refreshes_and_the_counter() {
     let out = acquire(Some(&lock), &floor(A, 60), 20, &mut fences);
     assert_eq!(
         out.reply,
-        Acquired::Granted(70),
+        Acquired::Refreshed(70),
         "a lower floor never lowers it"
     );
     let out = acquire(Some(&lock), &floor(B, 90), 20, &mut fences);
@@ -391,7 +386,7 @@ fn the_hold_limit_bounds_extensions_and_refreshes() {
     let Change::Put(lock) = out.change else {
         panic!()
     };
-    assert_eq!(lock.hold_limit, Some(1_000));
+    assert_eq!(lock.hold_limit(), Some(1_000));
     let out = extend(Some(&lock), A, 400, 300);
     assert_eq!(
         out.reply,
@@ -519,7 +514,7 @@ proptest! {
                             let fence = fence.max(floor);
                             model.last_fence = model.last_fence.max(fence);
                             model.holder[key] = Some((who, fence, now + ttl));
-                            Acquired::Granted(fence)
+                            Acquired::Refreshed(fence)
                         }
                         Some(_) => Acquired::Taken,
                         None => {
@@ -530,7 +525,7 @@ proptest! {
                         }
                     };
                     prop_assert_eq!(out.reply, expected);
-                    if let Acquired::Granted(_) = out.reply {
+                    if out.reply.fence().is_some() {
                         if let Some((holder, until)) = promised[key] {
                             prop_assert!(holder == who || now >= until,
                                 "key {} granted to {} at {} but promised to {} until {}", key, who, now, holder, until);
@@ -561,7 +556,7 @@ proptest! {
                         model.holder[key] = None;
                         promised[key] = None;
                     }
-                    prop_assert_eq!(out.reply, expected);
+                    prop_assert_eq!(out.reply.freed(), expected);
                     apply(&mut keys[key], out.change);
                 }
                 Op::Info { key } => {
@@ -590,4 +585,90 @@ fn apply(slot: &mut Option<Lock>, change: Change) {
         Change::Put(lock) => *slot = Some(lock),
         Change::Remove => *slot = None,
     }
+}
+
+#[test]
+fn a_lock_is_one_80_byte_allocation_with_its_token_inline() {
+    assert_eq!(std::mem::size_of::<Lock>(), 80);
+    let token = [7u8; INLINE_TOKEN];
+    let lock = Lock::new(&token, 1, 2, 3);
+    assert_eq!((lock.owner(), lock.spilled_bytes()), (&token[..], 0));
+    let long = [9u8; MAX_TOKEN_LEN];
+    let lock = Lock::new(&long, 1, 2, 3).with_extensions(u64::MAX);
+    assert_eq!(lock.owner(), &long[..]);
+    assert_eq!(lock.spilled_bytes(), MAX_TOKEN_LEN);
+    assert_eq!(
+        lock.extensions(),
+        u64::from(u32::MAX),
+        "the count saturates"
+    );
+    assert_eq!(lock.hold_limit(), None);
+}
+
+#[test]
+fn while_only_holders_are_admitted_nothing_new_is_granted_and_ended_locks_stay() {
+    let only = Admission::HolderOnly;
+    let mut fences = FenceCounter::starting_at(5);
+    let cases: [Case<Acquired>; 5] = [
+        (
+            "a free lock is not granted",
+            None,
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+        (
+            "another's live lock is refused, not reported taken",
+            Some(held(B, 2, 1_000)),
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+        (
+            "the holder refreshes its live grant",
+            Some(held(A, 2, 1_000)),
+            A,
+            100,
+            Acquired::Refreshed(2),
+            Change::Put(held(A, 2, 600)),
+        ),
+        (
+            "the holder of an ended lock gets nothing, and the lock stays",
+            Some(held(A, 2, 50)),
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+        (
+            "another token does not take over an ended lock",
+            Some(held(B, 2, 50)),
+            A,
+            100,
+            Acquired::Refused,
+            Change::Keep,
+        ),
+    ];
+    for (name, current, token, now, reply, change) in cases {
+        let out = acquire_admitted(current.as_ref(), &req(token, 500), only, now, &mut fences);
+        assert_eq!((out.reply, out.change), (reply, change), "{name}");
+        assert!(!out.ended, "{name}: a refusal counts nothing as expired");
+    }
+    assert_eq!(fences.last(), 5, "no fence drawn");
+}
+
+#[test]
+fn release_tells_a_lock_held_by_another_from_no_lock() {
+    assert_eq!(
+        release(Some(&held(B, 1, 100)), A, 50).reply,
+        Released::HeldByAnother
+    );
+    assert_eq!(
+        release(Some(&held(B, 1, 100)), A, 100).reply,
+        Released::NotHeld
+    );
+    assert_eq!(release(None, A, 50).reply, Released::NotHeld);
+    assert!(release(Some(&held(A, 1, 100)), A, 50).reply.freed());
 }

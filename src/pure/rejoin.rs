@@ -10,8 +10,15 @@
 //! paper's "delayed restart").
 //!
 //! `lock.rejoin-delay-ms`:
-//! - [`AUTO`] (-1, the default): `lock.max-ttl-ms` when the server had no
-//!   AOF (`appendonly no`) when the module was loaded, 0 with the AOF on;
+//! - [`AUTO`] (-1, the default): 0 when the node came back with the lock
+//!   state it had: the AOF is on (`appendonly yes`) *and* its start-up load
+//!   brought the module's state back (the fencing counter, an auxiliary
+//!   field of every RDB and AOF preamble the module wrote, or a lock). Else
+//!   `lock.max-ttl-ms`: without the AOF a snapshot may be older than the
+//!   last grants, and an AOF node that loaded nothing may have lost its
+//!   directory (a wiped disk, a container without a volume), which looks
+//!   exactly like a brand-new node: an operator who knows the node is new
+//!   ends the delay with `CONFIG SET lock.rejoin-delay-ms 0`;
 //! - 0: off;
 //! - N > 0: N milliseconds.
 //!
@@ -20,16 +27,43 @@
 //! it may lack the last grants of its old primary. 0 (the default) is off,
 //! [`AUTO`] is `lock.max-ttl-ms`, N > 0 is N milliseconds.
 
-use crate::lock::Micros;
+use crate::pure::lock::Micros;
 
 /// The setting's value for "decide from the persistence configuration".
 pub const AUTO: i64 = -1;
 
-/// The delay in milliseconds that applies, from the setting, whether the
-/// server had the AOF on at load (`durable`) and `lock.max-ttl-ms`.
-pub fn delay_ms(setting: i64, durable: bool, max_ttl_ms: i64) -> u64 {
+/// What the node knew at start-up about the grants it made before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Restart {
+    /// `appendonly yes` when the module was loaded.
+    pub aof: bool,
+    /// The start-up load brought the module's state back (its fencing
+    /// counter or a lock, from the RDB/AOF preamble or the AOF's commands).
+    pub state_loaded: bool,
+}
+
+impl Restart {
+    /// Whether the node has every grant it made before: the AOF keeps
+    /// grants, and this start actually read them back.
+    pub fn kept_its_grants(self) -> bool {
+        self.aof && self.state_loaded
+    }
+
+    /// For the log and `INFO lock`: why the automatic delay is what it is.
+    pub fn reason(self) -> &'static str {
+        match (self.aof, self.state_loaded) {
+            (true, true) => "appendonly yes, state loaded",
+            (true, false) => "appendonly yes, nothing loaded (new or wiped)",
+            (false, _) => "appendonly no",
+        }
+    }
+}
+
+/// The delay in milliseconds that applies, from the setting, what the node
+/// brought back at start-up, and `lock.max-ttl-ms`.
+pub fn delay_ms(setting: i64, restart: Restart, max_ttl_ms: i64) -> u64 {
     let ms = match setting {
-        AUTO if durable => 0,
+        AUTO if restart.kept_its_grants() => 0,
         AUTO => max_ttl_ms,
         n => n,
     };
@@ -47,7 +81,7 @@ pub fn remaining_ms(delay_ms: u64, since_load: Micros) -> Option<u64> {
 /// 0 (the default) is off.
 pub fn promotion_delay_ms(setting: i64, max_ttl_ms: i64) -> u64 {
     // The rejoin delay's rules, as for a node without an AOF.
-    delay_ms(setting, false, max_ttl_ms)
+    delay_ms(setting, Restart::default(), max_ttl_ms)
 }
 
 /// Milliseconds of the promotion delay still to run at `now`, for a node
@@ -65,7 +99,8 @@ pub fn promotion_refusal(remaining_ms: u64) -> String {
     format!(
         "TRYAGAIN lock node was promoted to primary: new grants are refused for another \
          {remaining_ms} ms (lock.promotion-delay-ms), until every lease its old primary may \
-         have granted without replicating has ended"
+         have granted without replicating has ended; if no such lease can be outstanding, \
+         end it with CONFIG SET lock.promotion-delay-ms 0"
     )
 }
 
@@ -73,7 +108,9 @@ pub fn promotion_refusal(remaining_ms: u64) -> String {
 pub fn refusal(remaining_ms: u64) -> String {
     format!(
         "TRYAGAIN lock node is rejoining: new grants are refused for another {remaining_ms} ms \
-         (lock.rejoin-delay-ms), until every lease it may have granted before its restart has ended"
+         (lock.rejoin-delay-ms), until every lease it may have granted before its restart has \
+         ended; if none can be outstanding (a brand-new node), end it with \
+         CONFIG SET lock.rejoin-delay-ms 0"
     )
 }
 
@@ -82,13 +119,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_is_max_ttl_without_aof_and_off_with_it() {
-        assert_eq!(delay_ms(AUTO, false, 30_000), 30_000);
-        assert_eq!(delay_ms(AUTO, true, 30_000), 0);
-        assert_eq!(delay_ms(0, false, 30_000), 0);
-        assert_eq!(delay_ms(500, true, 30_000), 500);
-        assert_eq!(delay_ms(500, false, 30_000), 500);
-        assert_eq!(delay_ms(-7, false, 30_000), 0);
+    fn auto_is_off_only_when_the_aof_brought_the_state_back() {
+        let r = |aof, state_loaded| Restart { aof, state_loaded };
+        let table = [
+            // (setting, aof, loaded) -> delay
+            (AUTO, false, false, 30_000),
+            (AUTO, false, true, 30_000), // a snapshot may be older than the last grants
+            (AUTO, true, false, 30_000), // new, or wiped: cannot be told apart
+            (AUTO, true, true, 0),
+            (0, false, false, 0),
+            (0, true, false, 0),
+            (500, true, true, 500),
+            (500, false, false, 500),
+            (-7, false, false, 0),
+        ];
+        for (setting, aof, loaded, want) in table {
+            assert_eq!(
+                delay_ms(setting, r(aof, loaded), 30_000),
+                want,
+                "setting {setting} aof {aof} loaded {loaded}"
+            );
+        }
+        assert!(r(true, false).reason().contains("nothing loaded"));
     }
 
     #[test]
@@ -127,6 +179,7 @@ mod tests {
         let e = promotion_refusal(42);
         assert!(e.starts_with("TRYAGAIN ") && e.contains("42 ms"), "{e}");
         assert!(e.contains("lock.promotion-delay-ms"), "{e}");
+        assert!(e.contains("CONFIG SET lock.promotion-delay-ms 0"), "{e}");
     }
 
     #[test]
@@ -135,5 +188,7 @@ mod tests {
         assert!(e.starts_with("TRYAGAIN "), "{e}");
         assert!(e.contains("1234 ms"), "{e}");
         assert!(e.contains("lock.rejoin-delay-ms"), "{e}");
+        assert!(e.contains("CONFIG SET lock.rejoin-delay-ms 0"), "{e}");
+        assert!(!e.contains('\n') && !e.contains('\r'), "{e}");
     }
 }

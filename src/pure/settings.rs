@@ -3,8 +3,8 @@
 //! module load arguments (`--loadmodule libredis_lock.so name value ...`),
 //! which Redis leaves to the module. Pure: works on byte slices.
 
-use crate::args::{parse_i64, printable, TTL_CEILING_MS};
-use crate::rejoin::AUTO;
+use crate::pure::args::{parse_i64, printable, TTL_CEILING_MS};
+use crate::pure::rejoin::AUTO;
 
 /// One integer setting, `lock.<name>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,7 +18,10 @@ pub struct Setting {
 
 pub const MAX_TTL_MS: Setting = Setting {
     name: "max-ttl-ms",
-    default: 86_400_000,
+    // Five minutes: leases are renewed every third of their TTL, so a long
+    // job needs no long TTL, and this is also how long a node restarted
+    // without its grants refuses new ones.
+    default: 300_000,
     min: 1,
     max: TTL_CEILING_MS,
 };

@@ -2,6 +2,11 @@
 //! that does not load on Redis 7.0), and the panic barrier every entry point
 //! from Redis goes through. Each `unsafe` block says why it is sound.
 
+pub mod blocked;
+pub mod events;
+pub mod filter;
+pub mod value_type;
+
 use redis_module::{raw, Context, RedisResult, RedisString};
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -381,87 +386,6 @@ pub fn emit_aof(
     }
 }
 
-pub type KeyspaceCallback = unsafe extern "C" fn(
-    *mut raw::RedisModuleCtx,
-    c_int,
-    *const c_char,
-    *mut raw::RedisModuleString,
-) -> c_int;
-
-pub fn subscribe_keyspace_events(
-    ctx: *mut raw::RedisModuleCtx,
-    types: c_int,
-    callback: KeyspaceCallback,
-) -> Result<(), String> {
-    // SAFETY: the OnLoad context and an extern "C" callback of the right type.
-    let status = unsafe {
-        raw::RedisModule_SubscribeToKeyspaceEvents
-            .ok_or("RedisModule_SubscribeToKeyspaceEvents missing")?(
-            ctx, types, Some(callback)
-        )
-    };
-    if status == raw::Status::Ok as c_int {
-        Ok(())
-    } else {
-        Err("failed to subscribe to keyspace events".into())
-    }
-}
-
-pub type ServerEventCallback = unsafe extern "C" fn(
-    *mut raw::RedisModuleCtx,
-    raw::RedisModuleEvent,
-    u64,
-    *mut std::ffi::c_void,
-);
-
-/// Subscribe to a server event by id (`REDISMODULE_EVENT_*`).
-pub fn subscribe_server_event(
-    ctx: *mut raw::RedisModuleCtx,
-    id: u64,
-    callback: ServerEventCallback,
-) -> Result<(), String> {
-    // redismodule.h defines the event descriptors as header statics, which
-    // do not link from Rust: build the same value (id, data version 1).
-    let event = raw::RedisModuleEvent { id, dataver: 1 };
-    // SAFETY: the OnLoad context; the callback has the signature Redis calls.
-    let status = unsafe {
-        raw::RedisModule_SubscribeToServerEvent
-            .ok_or("RedisModule_SubscribeToServerEvent missing")?(ctx, event, Some(callback))
-    };
-    if status == raw::Status::Ok as c_int {
-        Ok(())
-    } else {
-        Err(format!("failed to subscribe to server event {id}"))
-    }
-}
-
-/// The two databases of a SWAPDB event.
-///
-/// # Safety
-/// `data` must be the `RedisModuleSwapDbInfo` Redis passes with the event.
-pub unsafe fn swapdb_info(data: *mut std::ffi::c_void) -> Option<(i32, i32)> {
-    let info = data.cast::<raw::RedisModuleSwapDbInfo>();
-    if info.is_null() {
-        return None;
-    }
-    // SAFETY: per the caller's contract.
-    let info = unsafe { &*info };
-    Some((info.dbnum_first, info.dbnum_second))
-}
-
-/// The database a FLUSHDB/FLUSHALL event emptied (-1: all), once it is done.
-///
-/// # Safety
-/// `data` must be the `RedisModuleFlushInfo` Redis passes with the event.
-pub unsafe fn flush_info(subevent: u64, data: *mut std::ffi::c_void) -> Option<i32> {
-    let info = data.cast::<raw::RedisModuleFlushInfo>();
-    if subevent != raw::REDISMODULE_SUBEVENT_FLUSHDB_END || info.is_null() {
-        return None;
-    }
-    // SAFETY: per the caller's contract.
-    Some(unsafe { &*info }.dbnum)
-}
-
 /// The bytes of a Redis string handed to a callback.
 ///
 /// # Safety
@@ -494,34 +418,22 @@ pub fn writes_paused() -> bool {
     unsafe { raw::RedisModule_AvoidReplicaTraffic.is_some_and(|f| f() != 0) }
 }
 
-/// The C signature of a timer callback that carries a plain integer.
-pub type TimerCallback = unsafe extern "C" fn(*mut raw::RedisModuleCtx, *mut std::ffi::c_void);
-
-/// Start a one-shot module timer whose data is the integer `data` (passed
-/// as the pointer value, so nothing is allocated and nothing needs freeing).
-pub fn start_timer(ctx: &Context, after_ms: u64, callback: TimerCallback, data: u64) -> u64 {
-    let period = i64::try_from(after_ms).unwrap_or(i64::MAX);
-    // SAFETY: a valid context; the callback has the signature Redis calls;
-    // the data is an integer, never dereferenced.
-    unsafe {
-        raw::RedisModule_CreateTimer.map_or(0, |f| {
-            f(
-                ctx.get_raw(),
-                period,
-                Some(callback),
-                data as usize as *mut std::ffi::c_void,
-            )
-        })
+/// The database and the name's length of the key a type callback with a
+/// key context (`mem_usage2`) is about; `None` if the server gives none.
+///
+/// # Safety
+/// `ctx` must be the key context Redis passes to the callback.
+pub unsafe fn opt_ctx_key(ctx: *mut raw::RedisModuleKeyOptCtx) -> Option<(i32, usize)> {
+    if ctx.is_null() {
+        return None;
     }
-}
-
-/// Stop a timer started by [`start_timer`]; harmless if it already fired.
-pub fn stop_timer(ctx: &Context, id: u64) {
-    // SAFETY: a valid context; the timer's data is an integer, so there is
-    // nothing to free.
+    // SAFETY: per the caller's contract; the name is valid for the call.
     unsafe {
-        if let Some(f) = raw::RedisModule_StopTimer {
-            f(ctx.get_raw(), id, ptr::null_mut());
+        let db = raw::RedisModule_GetDbIdFromOptCtx?(ctx);
+        let name = raw::RedisModule_GetKeyNameFromOptCtx?(ctx);
+        if name.is_null() {
+            return None;
         }
+        Some((db, string_bytes(name).len()))
     }
 }

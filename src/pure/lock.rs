@@ -6,43 +6,155 @@
 //! glue in `commands.rs` applies the change, replicates it and replies.
 
 use sha2::{Digest, Sha256};
-use smallvec::SmallVec;
 
 /// Microseconds on the module's monotonic clock (see `clock.rs`).
 pub type Micros = u64;
 
-/// A holder's token. Tokens up to 40 bytes (a 20-byte random token in hex)
-/// are stored inline in the lock, so checking the owner touches one
-/// allocation, not two.
-pub type Token = SmallVec<[u8; 40]>;
-
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 256;
 
-/// A held (or expired but not yet removed) lock.
+/// Tokens up to this many bytes (a 20-byte random token in hex is 40) are
+/// stored inside the lock, so a lock is one allocation and checking the
+/// owner touches no other memory.
+pub const INLINE_TOKEN: usize = 42;
+
+/// The holder's token and the grant's extension count. They share one
+/// 48-byte field: a longer token's pointer gives the field 8-byte alignment,
+/// and the count fills what would otherwise be padding, so a whole [`Lock`]
+/// is 80 bytes (one allocator size class) with a token of up to 42 bytes
+/// inline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Holder {
+    Inline {
+        extensions: u32,
+        len: u8,
+        bytes: [u8; INLINE_TOKEN],
+    },
+    Spilled {
+        extensions: u32,
+        bytes: Box<[u8]>,
+    },
+}
+
+impl Holder {
+    fn new(token: &[u8], extensions: u32) -> Self {
+        match u8::try_from(token.len()) {
+            Ok(len) if token.len() <= INLINE_TOKEN => {
+                let mut bytes = [0; INLINE_TOKEN];
+                if let Some(head) = bytes.get_mut(..token.len()) {
+                    head.copy_from_slice(token);
+                }
+                Holder::Inline {
+                    extensions,
+                    len,
+                    bytes,
+                }
+            }
+            _ => Holder::Spilled {
+                extensions,
+                bytes: token.into(),
+            },
+        }
+    }
+
+    fn token(&self) -> &[u8] {
+        match self {
+            Holder::Inline { len, bytes, .. } => bytes.get(..usize::from(*len)).unwrap_or(bytes),
+            Holder::Spilled { bytes, .. } => bytes,
+        }
+    }
+
+    fn extensions(&self) -> u32 {
+        match self {
+            Holder::Inline { extensions, .. } | Holder::Spilled { extensions, .. } => *extensions,
+        }
+    }
+
+    fn set_extensions(&mut self, n: u32) {
+        match self {
+            Holder::Inline { extensions, .. } | Holder::Spilled { extensions, .. } => {
+                *extensions = n
+            }
+        }
+    }
+}
+
+/// `hold_limit` of a grant without one.
+const NO_HOLD_LIMIT: Micros = Micros::MAX;
+
+/// A held (or expired but not yet removed) lock. Fields are sized to their
+/// range: 80 bytes, one allocation, for a token of up to 42 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lock {
-    /// The holder's token: the capability to extend and release. Never printed.
-    pub owner: Token,
     /// The fencing token handed out with this grant.
     pub fence: u64,
     /// The lock is held while `now < deadline`.
     pub deadline: Micros,
     /// When this grant was made.
     pub acquired_at: Micros,
-    /// How many times `LOCK.EXTEND` renewed this grant.
-    pub extensions: u64,
-    /// The grant can never be held past this (`MAXHOLD`); `None`: no bound.
-    pub hold_limit: Option<Micros>,
+    /// The grant can never be held past this (`MAXHOLD`); [`NO_HOLD_LIMIT`]: no bound.
+    hold_limit: Micros,
+    /// The holder's token (the capability to extend and release; never
+    /// printed) and how many times `LOCK.EXTEND` renewed this grant.
+    holder: Holder,
 }
 
 impl Lock {
+    /// A grant to `owner`, not yet extended, without a hold limit.
+    pub fn new(owner: &[u8], fence: u64, deadline: Micros, acquired_at: Micros) -> Self {
+        Lock {
+            fence,
+            deadline,
+            acquired_at,
+            hold_limit: NO_HOLD_LIMIT,
+            holder: Holder::new(owner, 0),
+        }
+    }
+
+    /// The same lock with a hold limit (`None`: no bound).
+    pub fn with_hold_limit(mut self, limit: Option<Micros>) -> Self {
+        // A limit of u64::MAX microseconds (half a million years) is no bound.
+        self.hold_limit = limit.unwrap_or(NO_HOLD_LIMIT);
+        self
+    }
+
+    /// The same lock, extended `n` times (counted up to `u32::MAX`).
+    pub fn with_extensions(mut self, n: u64) -> Self {
+        self.holder
+            .set_extensions(u32::try_from(n).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// The holder's token.
+    pub fn owner(&self) -> &[u8] {
+        self.holder.token()
+    }
+
+    /// How many times `LOCK.EXTEND` renewed this grant.
+    pub fn extensions(&self) -> u64 {
+        u64::from(self.holder.extensions())
+    }
+
+    /// The grant can never be held past this (`MAXHOLD`); `None`: no bound.
+    pub fn hold_limit(&self) -> Option<Micros> {
+        (self.hold_limit != NO_HOLD_LIMIT).then_some(self.hold_limit)
+    }
+
+    /// Heap bytes the lock holds besides its own allocation (a token longer
+    /// than [`INLINE_TOKEN`]).
+    pub fn spilled_bytes(&self) -> usize {
+        match &self.holder {
+            Holder::Inline { .. } => 0,
+            Holder::Spilled { bytes, .. } => bytes.len(),
+        }
+    }
+
     pub fn is_live(&self, now: Micros) -> bool {
         now < self.deadline
     }
 
     pub fn is_held_by(&self, token: &[u8], now: Micros) -> bool {
-        self.is_live(now) && self.owner.as_slice() == token
+        self.is_live(now) && self.owner() == token
     }
 
     pub fn remaining(&self, now: Micros) -> Micros {
@@ -51,6 +163,11 @@ impl Lock {
 
     pub fn held_for(&self, now: Micros) -> Micros {
         now.saturating_sub(self.acquired_at)
+    }
+
+    /// Whether a deadline would pass the grant's hold limit.
+    fn past_hold_limit(&self, deadline: Micros) -> bool {
+        self.hold_limit().is_some_and(|limit| deadline > limit)
     }
 }
 
@@ -131,20 +248,51 @@ impl FenceCounter {
 /// Reply of `LOCK.ACQUIRE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acquired {
-    /// The token holds the lock; this is its fencing token.
+    /// A new grant to the token; this is its fencing token.
     Granted(u64),
+    /// The token already held the lock: the same grant with a fresh
+    /// deadline (and its fence raised to the floor, if asked); this is its
+    /// fencing token.
+    Refreshed(u64),
     /// Another token holds the lock.
     Taken,
+    /// New grants are refused for now ([`Admission::HolderOnly`]), and the
+    /// token does not hold the lock.
+    Refused,
     /// The holder asked to refresh its grant past the grant's hold limit.
     HoldLimit,
     /// The node has handed out its last fencing token.
     FencesExhausted,
 }
 
-/// What `LOCK.ACQUIRE` asks for.
+impl Acquired {
+    /// The fencing token of a grant or a refresh.
+    pub fn fence(self) -> Option<u64> {
+        match self {
+            Acquired::Granted(fence) | Acquired::Refreshed(fence) => Some(fence),
+            _ => None,
+        }
+    }
+}
+
+/// Who may be granted a lock now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AcquireRequest<'a> {
-    pub token: &'a [u8],
+pub enum Admission {
+    /// Anyone (the normal case).
+    Open,
+    /// Only the holder of a live lock, refreshing its own grant: while the
+    /// node rejoins after a restart or was just promoted, it may lack grants
+    /// it made (or its old primary made), so it grants nothing new. An
+    /// ended lock stays as it is: it is neither replaced nor handed over.
+    HolderOnly,
+}
+
+/// What `LOCK.ACQUIRE` asks for. `T` holds the token: borrowed from the
+/// command's arguments (`&[u8]`), or owned by a waiter that keeps its
+/// request until it is served (`Box<[u8]>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcquireRequest<T> {
+    pub token: T,
     pub ttl: Micros,
     /// Raise the grant's fencing token, and the node's counter, to at least
     /// this (0: no floor). Used by the quorum client to make tokens
@@ -154,18 +302,50 @@ pub struct AcquireRequest<'a> {
     pub max_hold: Option<Micros>,
 }
 
+impl AcquireRequest<&[u8]> {
+    /// The same request, owning its token.
+    pub fn to_owned(&self) -> AcquireRequest<Box<[u8]>> {
+        AcquireRequest {
+            token: self.token.into(),
+            ttl: self.ttl,
+            fence_floor: self.fence_floor,
+            max_hold: self.max_hold,
+        }
+    }
+}
+
 /// `LOCK.ACQUIRE`: take a free or expired lock, or refresh our own.
-pub fn acquire(
+pub fn acquire<T: AsRef<[u8]>>(
     current: Option<&Lock>,
-    req: &AcquireRequest,
+    req: &AcquireRequest<T>,
     now: Micros,
     fences: &mut FenceCounter,
 ) -> Outcome<Acquired> {
+    acquire_admitted(current, req, Admission::Open, now, fences)
+}
+
+/// `LOCK.ACQUIRE` under an admission rule (see [`Admission`]).
+pub fn acquire_admitted<T: AsRef<[u8]>>(
+    current: Option<&Lock>,
+    req: &AcquireRequest<T>,
+    admission: Admission,
+    now: Micros,
+    fences: &mut FenceCounter,
+) -> Outcome<Acquired> {
+    let token = req.token.as_ref();
+    let holds = current.is_some_and(|lock| lock.is_held_by(token, now));
+    if admission == Admission::HolderOnly && !holds {
+        return Outcome {
+            reply: Acquired::Refused,
+            change: Change::Keep,
+            ended: false,
+        };
+    }
     let deadline = now.saturating_add(req.ttl);
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
-        Some(lock) if lock.is_held_by(req.token, now) => {
-            if lock.hold_limit.is_some_and(|limit| deadline > limit) {
+        Some(lock) if lock.is_held_by(token, now) => {
+            if lock.past_hold_limit(deadline) {
                 (Acquired::HoldLimit, Change::Keep)
             } else {
                 // A retry of our own grant (e.g. after a lost reply): same
@@ -177,7 +357,7 @@ pub fn acquire(
                     fence,
                     ..lock.clone()
                 };
-                (Acquired::Granted(fence), Change::Put(lock))
+                (Acquired::Refreshed(fence), Change::Put(lock))
             }
         }
         Some(lock) if lock.is_live(now) => (Acquired::Taken, Change::Keep),
@@ -185,14 +365,8 @@ pub fn acquire(
             Some(next) => {
                 let fence = next.max(req.fence_floor);
                 fences.observe(fence);
-                let lock = Lock {
-                    owner: Token::from_slice(req.token),
-                    fence,
-                    deadline,
-                    acquired_at: now,
-                    extensions: 0,
-                    hold_limit: req.max_hold.map(|m| now.saturating_add(m)),
-                };
+                let lock = Lock::new(token, fence, deadline, now)
+                    .with_hold_limit(req.max_hold.map(|m| now.saturating_add(m)));
                 (Acquired::Granted(fence), Change::Put(lock))
             }
             None => (Acquired::FencesExhausted, Change::Keep),
@@ -237,14 +411,14 @@ pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) ->
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
         Some(lock) if lock.is_held_by(token, now) => {
-            if lock.hold_limit.is_some_and(|limit| deadline > limit) {
+            if lock.past_hold_limit(deadline) {
                 (Extended::HoldLimit, Change::Keep)
             } else {
                 let lock = Lock {
                     deadline,
-                    extensions: lock.extensions.saturating_add(1),
                     ..lock.clone()
-                };
+                }
+                .with_extensions(lock.extensions().saturating_add(1));
                 (Extended::Extended, Change::Put(lock))
             }
         }
@@ -258,14 +432,33 @@ pub fn extend(current: Option<&Lock>, token: &[u8], ttl: Micros, now: Micros) ->
     }
 }
 
+/// Reply of `LOCK.RELEASE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// The token held the lock; it is free now (reply 1).
+    Freed,
+    /// No live lock: nothing to release (reply 0).
+    NotHeld,
+    /// Another token holds the lock, which stays (reply 0).
+    HeldByAnother,
+}
+
+impl Released {
+    /// Whether the lock was freed.
+    pub fn freed(self) -> bool {
+        self == Released::Freed
+    }
+}
+
 /// `LOCK.RELEASE`: free a lock the token holds. Releasing twice, or after
 /// expiry, is harmless.
-pub fn release(current: Option<&Lock>, token: &[u8], now: Micros) -> Outcome<bool> {
+pub fn release(current: Option<&Lock>, token: &[u8], now: Micros) -> Outcome<Released> {
     let ended = current.is_some_and(|lock| !lock.is_live(now));
     let (reply, change) = match current {
-        Some(lock) if lock.is_held_by(token, now) => (true, Change::Remove),
-        Some(_) if ended => (false, Change::Remove),
-        _ => (false, Change::Keep),
+        Some(lock) if lock.is_held_by(token, now) => (Released::Freed, Change::Remove),
+        Some(_) if ended => (Released::NotHeld, Change::Remove),
+        Some(_) => (Released::HeldByAnother, Change::Keep),
+        None => (Released::NotHeld, Change::Keep),
     };
     Outcome {
         reply,
@@ -295,10 +488,10 @@ pub fn view(current: Option<&Lock>, now: Micros) -> Option<View> {
         ttl_ms: lock.remaining(now).div_ceil(1000),
         fence: lock.fence,
         acquired_ms: lock.held_for(now) / 1000,
-        extensions: lock.extensions,
-        owner: fingerprint(&lock.owner),
+        extensions: lock.extensions(),
+        owner: fingerprint(lock.owner()),
         hold_left_ms: lock
-            .hold_limit
+            .hold_limit()
             .map(|limit| limit.saturating_sub(now) / 1000),
     })
 }

@@ -3,8 +3,8 @@
 //! (the RDB and AOF writers are forked children with their own copy), so the
 //! mutex is never contended; it exists to make the static sound.
 
-use crate::expiry::ExpiryIndex;
-use crate::lock::{FenceCounter, Micros};
+use crate::pure::expiry::ExpiryIndex;
+use crate::pure::lock::{FenceCounter, Micros};
 use std::sync::Mutex;
 
 pub struct Node {

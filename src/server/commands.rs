@@ -1,21 +1,24 @@
 //! One thin function per command: parse, open the key, call the state
 //! machine, apply its change (store, signal, replicate, index), reply.
 
-use crate::args::{self, ArgError};
-use crate::codec;
-use crate::datatype::LOCK_TYPE;
 use crate::ffi::{self, Request};
-use crate::lock::{self, AcquireRequest, Acquired, Change, Extended, Lock, Micros};
-use crate::stats::{self, bump};
-use crate::{clock, node, rejoin, sweeper, waiters};
-use redis_module::key::RedisKeyWritable;
+use crate::pure::args::{self, ArgError};
+use crate::pure::codec;
+use crate::pure::lock::{
+    self, AcquireRequest, Acquired, Admission, Extended, Lock, Micros, Released,
+};
+use crate::pure::{clock, rejoin};
+use crate::server::datatype::LOCK_TYPE;
+use crate::server::keys::{self, LockKey};
+use crate::server::stats::{self, bump};
+use crate::server::{state, sweeper, waiters};
 use redis_module::redisvalue::RedisValueKey;
-use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, ContextFlags, RedisError, RedisResult, RedisValue};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// `lock.max-ttl-ms`: the longest lease a client may ask for.
-pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(86_400_000);
+pub static MAX_TTL_MS: AtomicI64 = AtomicI64::new(crate::pure::settings::MAX_TTL_MS.default);
 
 /// `lock.max-hold-ms`: the longest a grant may be held, extensions
 /// included, unless `MAXHOLD` asks for less. 0: no bound.
@@ -39,8 +42,33 @@ static PROMOTED_AT: AtomicU64 = AtomicU64::new(0);
 /// Whether `appendonly` was `yes` when the module was loaded.
 static DURABLE_AT_LOAD: AtomicBool = AtomicBool::new(false);
 
-/// Record at load whether the server keeps its grants in an AOF (the
-/// automatic delayed rejoin is off then), and log the delay that applies.
+/// Whether the start-up load brought the module's state back.
+static STATE_LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Open from the module's load until the server's event loop first runs,
+/// which is after it has loaded its data from disk: only that load counts
+/// as "the node came back with its state" (not a later `DEBUG RELOAD`, a
+/// full sync or a `RESTORE`).
+static START_LOAD_OPEN: AtomicBool = AtomicBool::new(true);
+
+/// The module's state (its fencing counter, a lock, a `LOCK.LOAD` replayed
+/// from the AOF) was read while the server loaded its data at start-up.
+pub fn note_state_loaded() {
+    if START_LOAD_OPEN.load(Ordering::Relaxed) && ffi::server_loading() {
+        STATE_LOADED.store(true, Ordering::Relaxed);
+    }
+}
+
+fn restart() -> rejoin::Restart {
+    rejoin::Restart {
+        aof: DURABLE_AT_LOAD.load(Ordering::Relaxed),
+        state_loaded: STATE_LOADED.load(Ordering::Relaxed),
+    }
+}
+
+/// Record at load whether the server keeps its grants in an AOF; once the
+/// start-up load is over (the first turn of the event loop), log the delay
+/// that applies.
 pub fn init_rejoin(ctx: &Context) {
     let text = |v: &RedisValue| match v {
         RedisValue::SimpleString(s) | RedisValue::BulkString(s) => s.clone(),
@@ -55,20 +83,29 @@ pub fn init_rejoin(ctx: &Context) {
         _ => false,
     };
     DURABLE_AT_LOAD.store(durable, Ordering::Relaxed);
-    let delay = rejoin_delay_ms();
-    if delay > 0 {
-        ctx.log_notice(&format!(
-            "lock: delayed rejoin: new grants are refused for {delay} ms after start-up \
-             (lock.rejoin-delay-ms; appendonly {})",
-            if durable { "yes" } else { "no" }
-        ));
-    }
+    ctx.create_timer(std::time::Duration::ZERO, start_load_over, ());
+}
+
+fn start_load_over(ctx: &Context, (): ()) {
+    ffi::guard((), || {
+        START_LOAD_OPEN.store(false, Ordering::Relaxed);
+        if let Some(left) =
+            rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(clock::now()))
+        {
+            ctx.log_notice(&format!(
+                "lock: delayed rejoin: new grants are refused for another {left} ms \
+                 (lock.rejoin-delay-ms; {}); if this node is new, end it with \
+                 CONFIG SET lock.rejoin-delay-ms 0",
+                restart().reason()
+            ));
+        }
+    });
 }
 
 fn rejoin_delay_ms() -> u64 {
     rejoin::delay_ms(
         REJOIN_DELAY_MS.load(Ordering::Relaxed),
-        DURABLE_AT_LOAD.load(Ordering::Relaxed),
+        restart(),
         max_ttl_ms(),
     )
 }
@@ -91,27 +128,17 @@ fn promotion_left_ms(now: Micros) -> Option<u64> {
     )
 }
 
-/// `REPLICATION_ROLE_CHANGED`: a replica became a primary. Its data may lack
-/// the last grants of its old primary, so the promotion delay starts now.
-pub unsafe extern "C" fn on_role_changed(
-    ctx: *mut redis_module::raw::RedisModuleCtx,
-    _event: redis_module::raw::RedisModuleEvent,
-    subevent: u64,
-    _data: *mut std::ffi::c_void,
-) {
-    ffi::guard((), || {
-        if subevent != redis_module::raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
-            return;
-        }
-        let now = clock::now();
-        PROMOTED_AT.store(now, Ordering::Relaxed);
-        if let Some(left) = promotion_left_ms(now) {
-            Context::new(ctx).log_notice(&format!(
-                "lock: promoted to primary: new grants are refused for {left} ms \
-                 (lock.promotion-delay-ms)"
-            ));
-        }
-    });
+/// A replica became a primary. Its data may lack the last grants of its
+/// old primary, so the promotion delay starts now.
+pub fn on_promoted(ctx: &Context) {
+    let now = clock::now();
+    PROMOTED_AT.store(now, Ordering::Relaxed);
+    if let Some(left) = promotion_left_ms(now) {
+        ctx.log_notice(&format!(
+            "lock: promoted to primary: new grants are refused for {left} ms \
+             (lock.promotion-delay-ms)"
+        ));
+    }
 }
 
 fn max_ttl_ms() -> i64 {
@@ -142,7 +169,7 @@ fn refuse_on_replica(ctx: &Context) -> Result<(), RedisError> {
 /// "The counter's headroom").
 fn fence_ceiling() -> u64 {
     let wall_micros = ffi::server_wall_ms().saturating_mul(1000);
-    node::with(|n| lock::fence_ceiling(n.fences.last(), wall_micros))
+    state::with(|n| lock::fence_ceiling(n.fences.last(), wall_micros))
 }
 
 fn arg_error(e: ArgError) -> RedisError {
@@ -153,103 +180,24 @@ fn integer(v: u64) -> RedisValue {
     RedisValue::Integer(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-/// An open lock key: its name, the key, and the lock stored in it.
-struct Slot<'a> {
-    name: RedisString,
-    key: RedisKeyWritable,
-    lock: Option<&'a mut Lock>,
-}
-
 /// Open the request's key for writing; `WRONGTYPE` if it holds something
 /// other than a lock.
-fn open<'a>(ctx: &Context, req: &Request) -> Result<Slot<'a>, RedisError> {
-    let name = req.key(ctx).ok_or(RedisError::WrongArity)?;
-    let key = ctx.open_key_writable(&name);
-    let lock = key
-        .get_value::<Lock>(&LOCK_TYPE)
-        .map_err(|_| RedisError::WrongType)?;
-    Ok(Slot { name, key, lock })
+fn open<'a>(ctx: &Context, req: &Request) -> Result<LockKey<'a>, RedisError> {
+    keys::open(ctx, req.key(ctx).ok_or(RedisError::WrongArity)?)
 }
 
-impl Slot<'_> {
-    fn current(&self) -> Option<&Lock> {
-        self.lock.as_deref()
-    }
-
-    /// Apply a state-machine change and replicate its effect: `LOCK.LOAD`
-    /// with the encoded lock (time left, so a replica or an AOF replay ends
-    /// with a deadline that is never earlier), or `DEL`.
-    fn apply<R>(
-        self,
-        ctx: &Context,
-        out: lock::Outcome<R>,
-        now: Micros,
-        event: &'static std::ffi::CStr,
-    ) -> Result<R, RedisError> {
-        if out.ended {
-            bump(&stats::EXPIRED);
-        }
-        match out.change {
-            Change::Keep => {}
-            Change::Put(lock) => {
-                let name = store(ctx, self, lock, now)?;
-                ffi::notify(ctx, event, &name);
-            }
-            Change::Remove => {
-                if let Some(old) = self.current() {
-                    sweeper::untrack(ctx, self.name.as_slice(), old.deadline);
-                }
-                sweeper::remove(ctx, &self.key, &self.name);
-                let event = if out.ended { c"lock.expired" } else { event };
-                ffi::notify(ctx, event, &self.name);
-                // Freed: the first waiter gets it in this same command.
-                waiters::hand_over(ctx, ffi::selected_db(ctx), &self.name, &self.key);
-            }
-        }
-        Ok(out.reply)
-    }
-}
-
-/// Store a lock in the slot's key; returns the key's name.
-fn store(ctx: &Context, slot: Slot, lock: Lock, now: Micros) -> Result<RedisString, RedisError> {
-    match slot.lock {
-        Some(stored) => {
-            let payload = codec::encode(&lock, now);
-            let deadline = lock.deadline;
-            if stored.deadline != deadline {
-                // One index entry per lock, however often it is extended.
-                sweeper::untrack(ctx, slot.name.as_slice(), stored.deadline);
-            }
-            *stored = lock;
-            published(ctx, &slot.name, &payload, deadline);
-        }
-        None => put_new(ctx, &slot.name, &slot.key, lock, now)?,
-    }
-    Ok(slot.name)
-}
-
-/// Store a lock in an empty key opened for writing, and publish it.
-pub fn put_new(
+/// Apply the state machine's outcome to the key, arm the sweeper for the
+/// deadline it may have set, and hand back the reply.
+fn apply<R>(
     ctx: &Context,
-    name: &RedisString,
-    key: &RedisKeyWritable,
-    lock: Lock,
+    key: LockKey,
+    out: lock::Outcome<R>,
     now: Micros,
-) -> Result<(), RedisError> {
-    let payload = codec::encode(&lock, now);
-    let deadline = lock.deadline;
-    key.set_value(&LOCK_TYPE, lock)
-        .map_err(|_| RedisError::WrongType)?;
-    stats::LOCKS.fetch_add(1, Ordering::Relaxed);
-    published(ctx, name, &payload, deadline);
-    Ok(())
-}
-
-/// A stored lock changed: tell watchers, replicate it, index its deadline.
-fn published(ctx: &Context, name: &RedisString, payload: &[u8], deadline: Micros) {
-    ffi::signal_modified(ctx, name);
-    ffi::replicate_load(ctx, name, payload);
-    sweeper::track(ctx, ffi::selected_db(ctx), name.as_slice(), deadline);
+    event: &'static std::ffi::CStr,
+) -> Result<R, RedisError> {
+    let applied = key.apply(ctx, out.change, out.ended, now, event);
+    sweeper::arm(ctx);
+    applied.map(|()| out.reply)
 }
 
 /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms] [WAIT ms]`
@@ -259,45 +207,45 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
     // One clock read per command: the request has arrived, so a deadline
     // counted from here is never earlier than the one its sender assumes.
     let now = clock::now();
-    if let Some(refusal) = rejoining(now) {
-        // Only the holder of a live lock may refresh it (the same grant);
-        // nothing new is granted, and nobody waits.
-        let slot = open(ctx, req)?;
-        if !slot
-            .current()
-            .is_some_and(|l| l.is_held_by(parsed.token, now))
-        {
-            bump(&stats::REJOIN_REFUSALS);
-            return Err(refusal);
-        }
-    }
+    // During the delayed rejoin or the promotion delay only the holder of
+    // a live lock may refresh it: nothing new is granted, nobody waits, and
+    // no ended lock is handed to a waiter.
+    let refusal = rejoining(now);
+    let admission = if refusal.is_some() {
+        Admission::HolderOnly
+    } else {
+        Admission::Open
+    };
     let db = ffi::selected_db(ctx);
-    if waiters::total() > 0 {
+    if waiters::total() > 0 && admission == Admission::Open {
         if let Some(name) = req.key(ctx) {
             // Waiters are served first: a lock that has ended goes to the
             // head of its queue before anyone new can take it.
-            waiters::serve_if_free(ctx, db, &name);
+            keys::serve_if_free(ctx, db, name);
         }
     }
-    let slot = open(ctx, req)?;
+    let key = open(ctx, req)?;
     let request = AcquireRequest {
         token: parsed.token,
         ttl: parsed.ttl_ms.saturating_mul(1000),
         fence_floor: parsed.fence_floor,
         max_hold: parsed.max_hold_ms.map(|ms| ms.saturating_mul(1000)),
     };
-    let refresh = slot
-        .current()
-        .is_some_and(|l| l.is_held_by(parsed.token, now));
-    let out = node::with(|n| lock::acquire(slot.current(), &request, now, &mut n.fences));
-    match slot.apply(ctx, out, now, c"lock.acquired")? {
+    let out = state::with(|n| {
+        lock::acquire_admitted(key.current(), &request, admission, now, &mut n.fences)
+    });
+    match apply(ctx, key, out, now, c"lock.acquired")? {
         Acquired::Granted(fence) => {
-            bump(if refresh {
-                &stats::REACQUISITIONS
-            } else {
-                &stats::ACQUISITIONS
-            });
+            bump(&stats::ACQUISITIONS);
             Ok(integer(fence))
+        }
+        Acquired::Refreshed(fence) => {
+            bump(&stats::REACQUISITIONS);
+            Ok(integer(fence))
+        }
+        Acquired::Refused => {
+            bump(&stats::REJOIN_REFUSALS);
+            Err(refusal.unwrap_or(RedisError::Str("TRYAGAIN lock node refuses new grants")))
         }
         Acquired::Taken => {
             bump(&stats::CONTENDED);
@@ -331,11 +279,11 @@ pub fn acquire(ctx: &Context, req: &Request) -> RedisResult {
 pub fn extend(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::extend(req.args, max_ttl_ms()).map_err(arg_error)?;
     refuse_on_replica(ctx)?;
-    let slot = open(ctx, req)?;
+    let key = open(ctx, req)?;
     let now = clock::now();
     let ttl = parsed.ttl_ms.saturating_mul(1000);
-    let out = lock::extend(slot.current(), parsed.token, ttl, now);
-    let extended = slot.apply(ctx, out, now, c"lock.extended")?;
+    let out = lock::extend(key.current(), parsed.token, ttl, now);
+    let extended = apply(ctx, key, out, now, c"lock.extended")?;
     bump(match extended {
         Extended::Extended => &stats::EXTENSIONS,
         Extended::HoldLimit => &stats::HOLD_LIMIT_REFUSALS,
@@ -348,19 +296,16 @@ pub fn extend(ctx: &Context, req: &Request) -> RedisResult {
 pub fn release(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::release(req.args).map_err(arg_error)?;
     refuse_on_replica(ctx)?;
-    let slot = open(ctx, req)?;
+    let key = open(ctx, req)?;
     let now = clock::now();
-    let held_by_other = slot
-        .current()
-        .is_some_and(|l| l.is_live(now) && l.owner.as_slice() != parsed.token);
-    let out = lock::release(slot.current(), parsed.token, now);
-    let released = slot.apply(ctx, out, now, c"lock.released")?;
-    if released {
-        bump(&stats::RELEASES);
-    } else if held_by_other {
-        bump(&stats::RELEASES_WRONG_TOKEN);
+    let out = lock::release(key.current(), parsed.token, now);
+    let released = apply(ctx, key, out, now, c"lock.released")?;
+    match released {
+        Released::Freed => bump(&stats::RELEASES),
+        Released::HeldByAnother => bump(&stats::RELEASES_WRONG_TOKEN),
+        Released::NotHeld => {}
     }
-    Ok(RedisValue::Integer(i64::from(released)))
+    Ok(RedisValue::Integer(i64::from(released.freed())))
 }
 
 /// `LOCK.INFO key`: read-only, so an ended lock that is still stored shows
@@ -417,9 +362,13 @@ pub fn load(ctx: &Context, req: &Request) -> RedisResult {
     if !replay {
         args::loaded_fence(lock.fence, fence_ceiling()).map_err(arg_error)?;
     }
-    let slot = open(ctx, req)?;
-    node::with(|n| n.fences.observe(lock.fence));
-    store(ctx, slot, lock, now)?;
+    let key = open(ctx, req)?;
+    state::with(|n| n.fences.observe(lock.fence));
+    if replay {
+        note_state_loaded();
+    }
+    key.store(ctx, lock, now)?;
+    sweeper::arm(ctx);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -431,11 +380,12 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
         return;
     }
     let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    ctx.add_info_field_str("version", crate::pure::version::VERSION);
     ctx.add_info_field_long_long("locks", stats::LOCKS.load(Ordering::Relaxed));
     for (name, value) in stats::counters() {
         ctx.add_info_field_long_long(&name.to_ascii_lowercase(), int(value));
     }
-    let (fence, indexed) = node::with(|n| (n.fences.last(), n.index.len()));
+    let (fence, indexed) = state::with(|n| (n.fences.last(), n.index.len()));
     ctx.add_info_field_long_long("fence_counter", int(fence));
     ctx.add_info_field_long_long("expiry_index_entries", int(indexed as u64));
     ctx.add_info_field_long_long("waiters", int(waiters::total() as u64));
@@ -443,6 +393,7 @@ pub fn info_section(ctx: &redis_module::InfoContext) {
     let rejoin_left =
         rejoin::remaining_ms(rejoin_delay_ms(), clock::since_load_at(now)).unwrap_or(0);
     ctx.add_info_field_long_long("rejoin_delay_left_ms", int(rejoin_left));
+    ctx.add_info_field_str("rejoin_restart", restart().reason());
     let promotion_left = promotion_left_ms(now).unwrap_or(0);
     ctx.add_info_field_long_long("promotion_delay_left_ms", int(promotion_left));
 }

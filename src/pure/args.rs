@@ -2,7 +2,7 @@
 //! slices, returns the Redis error message (without the `ERR ` prefix) that
 //! names the argument at fault.
 
-use crate::lock::{MAX_FENCE, MAX_TOKEN_LEN};
+use crate::pure::lock::{MAX_FENCE, MAX_TOKEN_LEN};
 
 /// Largest `lock.max-ttl-ms` accepted: ten years. Keeps `ttl * 1000` and
 /// `now + ttl` far from overflow.
@@ -19,7 +19,7 @@ impl ArgError {
 
 /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor] [MAXHOLD ms]`
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AcquireReq<'a> {
+pub struct AcquireArgs<'a> {
     pub token: &'a [u8],
     pub ttl_ms: u64,
     /// `FENCE floor`: 0 when absent.
@@ -40,25 +40,25 @@ pub struct Limits {
     pub max_ttl_ms: i64,
     /// `lock.max-hold-ms`, 0: no bound.
     pub max_hold_ms: i64,
-    /// The largest `FENCE` floor accepted ([`crate::lock::fence_ceiling`]).
+    /// The largest `FENCE` floor accepted ([`crate::pure::lock::fence_ceiling`]).
     pub max_fence: u64,
 }
 
 /// `LOCK.EXTEND key token ttl-ms`
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExtendReq<'a> {
+pub struct ExtendArgs<'a> {
     pub token: &'a [u8],
     pub ttl_ms: u64,
 }
 
 /// `LOCK.RELEASE key token`
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReleaseReq<'a> {
+pub struct ReleaseArgs<'a> {
     pub token: &'a [u8],
 }
 
 /// `args` is the whole command line, name first, key second.
-pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, ArgError> {
+pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireArgs<'a>, ArgError> {
     const NAME: &str = "lock.acquire";
     let [_, _key, token, ttl, options @ ..] = args else {
         return Err(ArgError::arity(NAME));
@@ -143,7 +143,7 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
             "ttl-ms {ttl_ms} exceeds the hold limit of {limit} ms (MAXHOLD or lock.max-hold-ms)"
         )));
     }
-    Ok(AcquireReq {
+    Ok(AcquireArgs {
         token,
         ttl_ms,
         fence_floor,
@@ -153,21 +153,21 @@ pub fn acquire<'a>(args: &[&'a [u8]], limits: Limits) -> Result<AcquireReq<'a>, 
     })
 }
 
-pub fn extend<'a>(args: &[&'a [u8]], max_ttl_ms: i64) -> Result<ExtendReq<'a>, ArgError> {
+pub fn extend<'a>(args: &[&'a [u8]], max_ttl_ms: i64) -> Result<ExtendArgs<'a>, ArgError> {
     let [_, _key, token, ttl] = args else {
         return Err(ArgError::arity("lock.extend"));
     };
-    Ok(ExtendReq {
+    Ok(ExtendArgs {
         token: token_arg(token)?,
         ttl_ms: ttl_arg(ttl, max_ttl_ms)?,
     })
 }
 
-pub fn release<'a>(args: &[&'a [u8]]) -> Result<ReleaseReq<'a>, ArgError> {
+pub fn release<'a>(args: &[&'a [u8]]) -> Result<ReleaseArgs<'a>, ArgError> {
     let [_, _key, token] = args else {
         return Err(ArgError::arity("lock.release"));
     };
-    Ok(ReleaseReq {
+    Ok(ReleaseArgs {
         token: token_arg(token)?,
     })
 }
@@ -277,7 +277,7 @@ mod tests {
         let args = argv(&["LOCK.ACQUIRE", "k", "tok", "1500"]);
         assert_eq!(
             acquire(&args, LIMITS),
-            Ok(AcquireReq {
+            Ok(AcquireArgs {
                 token: b"tok",
                 ttl_ms: 1500,
                 fence_floor: 0,

@@ -5,7 +5,7 @@
 //! early. Values are offset so that `now - held` never underflows for the
 //! acquisition time of a lock loaded from an RDB file written long ago.
 
-use crate::lock::Micros;
+use crate::pure::lock::Micros;
 use std::sync::OnceLock;
 use std::time::Instant;
 
