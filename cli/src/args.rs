@@ -14,8 +14,9 @@ Examples:
   # Only one machine runs the nightly sync; the others wait up to 10 minutes.
   redis-lock run --key nightly-sync --ttl 30s --wait 10m -- /usr/local/bin/sync.sh
 
-  # From a shell script: take the lock, renew it, release it.
-  eval \"$(redis-lock acquire --key reports --ttl 2m)\"
+  # From a shell script: take the lock (or stop: eval fails with 75 when
+  # another holds it, with 69/78/64 on other errors), renew it, release it.
+  eval \"$(redis-lock acquire --key reports --ttl 2m)\" || exit
   redis-lock extend --key reports --token \"$REDIS_LOCK_TOKEN\" --ttl 2m
   redis-lock release --key reports --token \"$REDIS_LOCK_TOKEN\"
 
@@ -75,6 +76,32 @@ pub struct Global {
     )]
     pub password: Option<String>,
 
+    /// For rediss:// nodes: trust the CA certificate(s) in this PEM file
+    /// instead of the system's.
+    #[arg(long, env = "REDIS_LOCK_TLS_CA", global = true, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// For rediss:// nodes that require a client certificate: its PEM file
+    /// (with --tls-key).
+    #[arg(
+        long,
+        env = "REDIS_LOCK_TLS_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert, a PEM file.
+    #[arg(
+        long,
+        env = "REDIS_LOCK_TLS_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Limit on one request to one node.
     #[arg(long, env = "REDIS_LOCK_TIMEOUT", global = true, default_value = "250ms", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -83,9 +110,10 @@ pub struct Global {
     #[arg(long, env = "REDIS_LOCK_CONNECT_TIMEOUT", global = true, default_value = "500ms", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
 
-    /// Pause between attempts while waiting for a lock (plus up to as much
-    /// again at random, so that waiters do not retry in step).
-    #[arg(long, env = "REDIS_LOCK_RETRY", global = true, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    /// Pause between rounds when a round fails while waiting (nodes down or
+    /// refusing; plus up to as much again at random). The wait itself is in
+    /// the nodes' queues: no polling. Rarely needed, so not in --help.
+    #[arg(long, env = "REDIS_LOCK_RETRY", global = true, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION", hide = true)]
     pub retry: Duration,
 }
 
@@ -144,9 +172,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub lock: LockArgs,
 
-    /// How long to wait for the lock if another holds it (0: one attempt).
-    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
-    pub wait: Duration,
+    #[command(flatten)]
+    pub waiting: WaitArgs,
 
     /// Stop renewing after this long: the lock then runs out and the command
     /// is stopped as on any loss. Default: no limit.
@@ -173,6 +200,35 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// How to wait for a lock another holds (flags as in flock(1)).
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// How long to wait, in the nodes' queues, for the lock if another holds
+    /// it (like flock -w; 0: do not wait).
+    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+
+    /// Fail at once if another holds the lock (like flock -n): --wait 0.
+    #[arg(long)]
+    pub nonblock: bool,
+
+    /// Exit status when another holds the lock until the wait runs out
+    /// (like flock -E).
+    #[arg(short = 'E', long, default_value_t = crate::exit::NOT_ACQUIRED, value_name = "STATUS")]
+    pub conflict_exit_code: u8,
+}
+
+impl WaitArgs {
+    /// The wait budget: none with --nonblock.
+    pub fn budget(&self) -> Duration {
+        if self.nonblock {
+            Duration::ZERO
+        } else {
+            self.wait
+        }
+    }
+}
+
 /// The lock's key and lease length.
 #[derive(Debug, Args)]
 pub struct LockArgs {
@@ -193,6 +249,10 @@ pub struct LockArgs {
 /// REDIS_LOCK_VALIDITY_MS (how long the lease can be relied on from now).
 /// Nothing renews the lease: extend it before it runs out, release it when
 /// done.
+///
+/// When the lock is not acquired, or on any error, it prints a command that
+/// fails with the exit status instead (75 when another holds the lock), so
+/// that `eval` fails too and `|| exit` or `set -e` stop the script.
 #[derive(Debug, Args)]
 #[command(after_long_help = "Example:
   $ redis-lock acquire --key reports --ttl 2m
@@ -205,9 +265,8 @@ pub struct AcquireArgs {
     #[command(flatten)]
     pub lock: LockArgs,
 
-    /// How long to wait for the lock if another holds it (0: one attempt).
-    #[arg(short, long, env = "REDIS_LOCK_WAIT", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
-    pub wait: Duration,
+    #[command(flatten)]
+    pub waiting: WaitArgs,
 }
 
 /// Extend a lease taken by `acquire`: its TTL starts again from now.
@@ -244,6 +303,8 @@ pub struct ReleaseArgs {
 /// Show the lock on every node (LOCK.INFO): fence, owner fingerprint, TTL.
 ///
 /// The owner is a fingerprint of the holder's token, never the token.
+/// Exit status as for `status`: 0 if every node answered, 1 if some did not
+/// but a quorum did, 69 or 78 if fewer than a quorum did.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// The lock's name.
@@ -268,6 +329,7 @@ pub struct StatusArgs {
 /// zsh:  redis-lock completions zsh > "${fpath[1]}/_redis-lock"
 /// fish: redis-lock completions fish > ~/.config/fish/completions/redis-lock.fish
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
@@ -315,7 +377,8 @@ mod tests {
         };
         assert_eq!(run.lock.key, "job");
         assert_eq!(run.lock.ttl, Duration::from_secs(2));
-        assert_eq!(run.wait, Duration::from_secs(600));
+        assert_eq!(run.waiting.budget(), Duration::from_secs(600));
+        assert_eq!(run.waiting.conflict_exit_code, 75);
         assert_eq!(run.kill_grace, Duration::from_secs(5));
         assert_eq!(run.max_hold, None);
         assert_eq!(run.command, ["sh", "-c", "echo --ttl"]);

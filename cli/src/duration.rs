@@ -62,24 +62,10 @@ pub fn parse(input: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// A short readable form: `850ms`, `4.99s`, `2m05s`, `1h30m`.
+/// A short readable form: `850ms`, `4.99s`, `2m05s`, `1h30m` (the
+/// client's, so that its messages and ours read alike).
 pub fn format(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1_000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        let centis = (ms % 1_000) / 10;
-        if centis == 0 {
-            format!("{}s", ms / 1_000)
-        } else {
-            let fraction = format!("{centis:02}");
-            format!("{}.{}s", ms / 1_000, fraction.trim_end_matches('0'))
-        }
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1_000)
-    } else {
-        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
-    }
+    redis_lock_client::human_duration(d)
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ pub const NOT_HELD: u8 = 1;
 pub const DEGRADED: u8 = 1;
 /// Bad flag, duration, node URL or setting.
 pub const USAGE: u8 = 64;
-/// Fewer than a quorum of nodes answered (down, refused, timed out).
+/// Fewer than a quorum of nodes answered (down, timed out), or accept
+/// grants (their rejoin or promotion delay).
 pub const UNAVAILABLE: u8 = 69;
 /// A bug or an OS failure (no runtime, no signals).
 pub const INTERNAL: u8 = 70;
@@ -39,13 +40,16 @@ pub const TABLE: &str = "\
 Exit status:
   0        success (run: the command's own exit status is passed through)
   1        extend/release: the token does not hold the lock on a quorum;
-           status: some node is unhealthy but a quorum is healthy
+           status/info: some node is unhealthy or did not answer, but a
+           quorum is fine
   64       usage: bad flag, duration, node URL or setting
-  69       fewer than a quorum of nodes reachable
+  69       fewer than a quorum of nodes reachable, or accepting grants
+           (a node's rejoin or promotion delay: the time left is shown)
   70       internal error
   75       not acquired: the lock was held by another until --wait ran out
   76       run: the lock was lost while the command ran; it was stopped
-  78       a node refused us: module not loaded, authentication or ACL
+  78       a node refused us: module not loaded, authentication failed
+           (user or password) or permission denied (ACL)
   126/127  run: the command could not be executed / was not found
   128+N    run: the command was killed by signal N";
 
@@ -77,10 +81,12 @@ impl Failure {
     /// Nodes failed this way: misconfiguration wins over a plain outage,
     /// since retrying will not fix it.
     pub fn from_node_kinds(kinds: impl IntoIterator<Item = NodeErrorKind>) -> Failure {
-        if kinds
-            .into_iter()
-            .any(|k| matches!(k, NodeErrorKind::Auth | NodeErrorKind::ModuleNotLoaded))
-        {
+        if kinds.into_iter().any(|k| {
+            matches!(
+                k,
+                NodeErrorKind::Auth | NodeErrorKind::Permission | NodeErrorKind::ModuleNotLoaded
+            )
+        }) {
             Failure::Misconfigured
         } else {
             Failure::Unavailable
@@ -95,6 +101,12 @@ pub fn classify(e: &Error) -> Failure {
     } else if e.is_unreachable() {
         // Also when the wait ran out with the nodes still unreachable.
         Failure::from_node_kinds(e.node_errors().iter().map(|n| n.kind))
+    } else if e.is_refused() {
+        // Nodes up but refusing grants for a while (rejoin or promotion
+        // delay): a quorum is not available.
+        Failure::Unavailable
+    } else if e.is_not_held() {
+        Failure::NotHeld
     } else if e.is_taken() || e.is_timeout() {
         // Held by another, or every round came too late to leave validity:
         // either way, not acquired in time.

@@ -29,9 +29,9 @@ mod args;
 mod commands;
 mod duration;
 mod exit;
-mod nodes;
 mod output;
 mod run;
+mod setup;
 mod watchdog;
 
 use std::process::ExitCode;
@@ -45,19 +45,29 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == watchdog::SUBCOMMAND) {
         return ExitCode::from(watchdog::main(args.get(2..).unwrap_or(&[])));
     }
+    // `eval "$(redis-lock acquire ...)"` evaluates whatever acquire prints:
+    // on every failure, that must be a command that fails with our status,
+    // or the script would go on without the lock.
+    let for_eval = args.iter().skip(1).any(|a| a == "acquire");
+    if for_eval {
+        output::fail_eval_on_panic();
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print to stdout and succeed; everything
             // else is a usage error with our usage status, not clap's 2.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
+            if !e.use_stderr() {
+                return ExitCode::from(exit::OK);
+            }
+            if for_eval {
+                setup::put(&output::eval_failure(exit::USAGE));
+            }
+            return ExitCode::from(exit::USAGE);
         }
     };
+    let for_eval = matches!(cli.command, Command::Acquire(_));
     match &cli.command {
         Command::Completions(c) => return ExitCode::from(commands::completions(c.shell)),
         Command::Man(_) => return ExitCode::from(commands::man()),
@@ -71,11 +81,32 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             say!("redis-lock: cannot start the runtime: {e}");
+            if for_eval {
+                setup::put(&output::eval_failure(exit::INTERNAL));
+            }
             return ExitCode::from(exit::INTERNAL);
         }
     };
-    let code = runtime.block_on(commands::dispatch(cli));
+    let code = runtime.block_on(dispatch(cli));
     // Background releases (a dropped guard) get a moment; never block long.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    if for_eval && code != exit::OK {
+        setup::put(&output::eval_failure(code));
+    }
     ExitCode::from(code)
+}
+
+/// Runs the parsed subcommand; its exit status.
+async fn dispatch(cli: Cli) -> u8 {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run(a) => run::run(g, a).await,
+        Command::Acquire(a) => commands::acquire(g, a).await,
+        Command::Extend(a) => commands::extend(g, a).await,
+        Command::Release(a) => commands::release(g, a).await,
+        Command::Info(a) => commands::info(g, a).await,
+        Command::Status(a) => commands::status(g, a).await,
+        Command::Completions(c) => commands::completions(c.shell),
+        Command::Man(_) => commands::man(),
+    }
 }

@@ -1,11 +1,11 @@
 //! What the tool prints: shell assignments for `acquire`, the per-node
 //! tables of `info` and `status`. Pure functions of their inputs.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use redis_lock_client::{Holder, LockView, LockViews, ModuleState, NodeError, NodeHealth};
+
 use crate::duration;
-use crate::nodes::{LockState, NodeFailure, Probe};
 
 /// `value` quoted for a POSIX shell: as is when it is made only of safe
 /// characters, else in single quotes (a `'` inside becomes `'\''`).
@@ -29,6 +29,29 @@ pub fn acquired(key: &str, token: &str, fence: u64, validity: Duration) -> Strin
         shell_quote(token),
         validity.as_millis()
     )
+}
+
+/// What `acquire` prints on stdout when it fails, for `eval`: a command
+/// that fails with `code`, so that `eval "$(redis-lock acquire ...)"` fails
+/// with it too and `set -e` or `|| exit` stop the script. (`eval` of an
+/// empty string succeeds.) Not printed to a terminal, where nobody evals.
+pub fn eval_failure(code: u8) -> String {
+    // SAFETY: isatty only inspects file descriptor 1.
+    if unsafe { libc::isatty(1) } == 1 {
+        return String::new();
+    }
+    format!("(exit {code})\n")
+}
+
+/// A panic in `acquire` (a bug) must fail the `eval` as well: prints the
+/// failing command and exits with the internal-error status.
+pub fn fail_eval_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let _ = crate::setup::put(&eval_failure(crate::exit::INTERNAL));
+        std::process::exit(i32::from(crate::exit::INTERNAL));
+    }));
 }
 
 /// Columns padded to their widest cell. The last cell of a row is not
@@ -63,69 +86,72 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn ms(millis: i64) -> String {
-    duration::format(Duration::from_millis(u64::try_from(millis).unwrap_or(0)))
+/// One line per cell: a server's multi-line error text must not break the
+/// table.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn lock_cells(state: &Result<LockState, NodeFailure>) -> Vec<String> {
+/// A node's error without the node's name (the row names it).
+fn node_error(e: &NodeError) -> String {
+    let text = e.to_string();
+    let bare = text
+        .strip_prefix(&format!("node {} ({}): ", e.node, e.addr))
+        .unwrap_or(&text);
+    one_line(bare)
+}
+
+fn lock_cells(state: &Result<Option<LockView>, NodeError>) -> Vec<String> {
     match state {
         Ok(None) => vec!["free".into()],
-        Ok(Some(i)) => {
+        Ok(Some(v)) => {
             let mut cells = vec![
                 "held".into(),
-                i.fence.to_string(),
-                i.owner.clone(),
-                ms(i.ttl_ms),
-                ms(i.acquired_ms),
-                i.extensions.to_string(),
+                v.fence.to_string(),
+                v.owner.clone(),
+                duration::format(v.ttl),
+                duration::format(v.held_for),
+                v.extensions.to_string(),
             ];
-            if let Some(m) = i.maxhold_ms {
-                cells.push(format!("maxhold {}", ms(m)));
+            if let Some(m) = v.max_hold {
+                cells.push(format!("maxhold {}", duration::format(m)));
             }
             cells
         }
-        Err(e) => vec!["error".into(), e.to_string()],
+        Err(e) => vec!["error".into(), node_error(e)],
     }
 }
 
 /// Who holds the lock across the nodes, in one line.
-pub fn lock_summary(states: &[Result<LockState, NodeFailure>], quorum: usize) -> String {
-    let n = states.len();
-    let mut by_owner: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut free = 0;
-    let mut failed = 0;
-    for s in states {
-        match s {
-            Ok(Some(i)) => {
-                *by_owner.entry(i.owner.as_str()).or_insert(0) += 1;
-            }
-            Ok(None) => free += 1,
-            Err(_) => failed += 1,
-        }
-    }
-    let top = by_owner
-        .iter()
-        .max_by_key(|(_, count)| **count)
-        .map(|(owner, count)| (*owner, *count));
+pub fn lock_summary(views: &LockViews) -> String {
+    let n = views.nodes.len();
+    let quorum = views.quorum;
+    let failed = views.failed();
     let unreachable = if failed > 0 {
         format!(", {failed} not answering")
     } else {
         String::new()
     };
-    match top {
-        Some((owner, count)) if count >= quorum => format!(
-            "held by owner {owner} on {count} of {n} nodes (quorum {quorum}){unreachable}"
+    match views.holder() {
+        Holder::Held { owner, on } => format!(
+            "held by owner {owner} on {on} of {n} nodes (quorum {quorum}){unreachable}"
         ),
-        _ if free >= quorum => format!("free on {free} of {n} nodes (quorum {quorum}){unreachable}"),
-        Some((owner, count)) => format!(
-            "not held on a quorum: owner {owner} on {count} of {n} nodes, free on {free} (quorum {quorum}){unreachable}"
+        Holder::Free { on } => format!("free on {on} of {n} nodes (quorum {quorum}){unreachable}"),
+        Holder::Undecided {
+            top: Some((owner, on)),
+            free,
+        } => format!(
+            "not held on a quorum: owner {owner} on {on} of {n} nodes, free on {free} (quorum {quorum}){unreachable}"
         ),
-        None => format!("unknown: {free} of {n} nodes free (quorum {quorum}){unreachable}"),
+        Holder::Undecided { free, .. } => {
+            format!("unknown: {free} of {n} nodes free (quorum {quorum}){unreachable}")
+        }
+        _ => format!("unknown (quorum {quorum}){unreachable}"),
     }
 }
 
 /// The `info` table: one row per node, then the summary line.
-pub fn info(labels: &[String], states: &[Result<LockState, NodeFailure>], quorum: usize) -> String {
+pub fn info(labels: &[String], views: &LockViews) -> String {
     let mut rows = vec![[
         "node",
         "state",
@@ -137,53 +163,82 @@ pub fn info(labels: &[String], states: &[Result<LockState, NodeFailure>], quorum
     ]
     .map(String::from)
     .to_vec()];
-    for (label, state) in labels.iter().zip(states) {
+    for (label, state) in labels.iter().zip(&views.nodes) {
         let mut row = vec![label.clone()];
         row.extend(lock_cells(state));
         rows.push(row);
     }
-    format!("{}{}\n", table(&rows), lock_summary(states, quorum))
+    let mut out = format!("{}{}\n", table(&rows), lock_summary(views));
+    if views.fences_differ() {
+        out.push_str(
+            "fences differ: each node numbers its own grants; the lease's fence is the one a quorum \
+             was raised to, nodes that granted after the quorum may show a lower one\n",
+        );
+    }
+    out
 }
 
-/// The `status` table: reachable, server, module and (with a key) the lock.
-pub fn status(labels: &[String], probes: &[Probe], key: Option<&str>, quorum: usize) -> String {
-    let mut header = ["node", "reachable", "server", "module"]
+fn module_cell(module: Option<&ModuleState>) -> String {
+    match module {
+        Some(ModuleState::Loaded { version: Some(v) }) => {
+            // MODULE LIST's integer: major * 10000 + minor * 100 + patch.
+            format!("lock v{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+        }
+        Some(ModuleState::Loaded { version: None }) => "lock (version not readable)".into(),
+        Some(ModuleState::NotLoaded) => "NOT LOADED".into(),
+        Some(ModuleState::Unknown(e)) => format!("unknown ({})", node_error(e)),
+        _ => "-".into(),
+    }
+}
+
+/// The `status` table: reachable, server, role, module and (with a key)
+/// the lock; then what could not be read, and the verdict.
+pub fn status(
+    labels: &[String],
+    probes: &[NodeHealth],
+    key: Option<&str>,
+    quorum: usize,
+) -> String {
+    let mut header = ["node", "reachable", "server", "role", "module"]
         .map(String::from)
         .to_vec();
     if let Some(key) = key {
         header.push(format!("lock {key}"));
     }
     let mut rows = vec![header];
+    let mut unreadable = Vec::new();
     for (label, p) in labels.iter().zip(probes) {
         let mut row = vec![label.clone()];
+        if let Err(e) = &p.reachable {
+            row.push("no".into());
+            row.push(node_error(e));
+            rows.push(row);
+            continue;
+        }
+        row.push("yes".into());
         match &p.server {
-            Ok(version) => {
-                row.push("yes".into());
-                row.push(version.clone());
-            }
+            Ok(version) => row.push(version.clone()),
             Err(e) => {
-                row.push("no".into());
-                row.push(e.to_string());
-                rows.push(row);
-                continue;
+                row.push("?".into());
+                unreadable.push(format!("{label}: {}", node_error(e)));
             }
         }
-        row.push(match &p.module {
-            Some(Ok(Some(v))) => format!("lock v{v}"),
-            Some(Ok(None)) => "NOT LOADED".into(),
-            Some(Err(e)) => format!("unknown ({e})"),
-            None => "-".into(),
+        let role = p.role.clone().unwrap_or_else(|| "?".into());
+        row.push(match p.refusing_for {
+            Some(left) => format!("{role}, refusing grants for {}", duration::format(left)),
+            None => role,
         });
+        row.push(module_cell(p.module.as_ref()));
         match &p.lock {
             Some(state) => row.push(match state {
                 Ok(None) => "free".into(),
-                Ok(Some(i)) => format!(
+                Ok(Some(v)) => format!(
                     "held: fence {} owner {} ttl {}",
-                    i.fence,
-                    i.owner,
-                    ms(i.ttl_ms)
+                    v.fence,
+                    v.owner,
+                    duration::format(v.ttl)
                 ),
-                Err(e) => e.to_string(),
+                Err(e) => node_error(e),
             }),
             None if key.is_some() => row.push("-".into()),
             None => {}
@@ -200,19 +255,25 @@ pub fn status(labels: &[String], probes: &[Probe], key: Option<&str>, quorum: us
         "DOWN: fewer than a quorum healthy, locks cannot be taken"
     };
     let mut out = table(&rows);
+    for line in unreadable {
+        out.push_str(&format!("not readable with this user: {line}\n"));
+    }
     out.push_str(&format!(
         "{healthy} of {n} nodes healthy, quorum {quorum}: {verdict}\n"
     ));
     if key.is_some() {
-        let states: Vec<Result<LockState, NodeFailure>> = probes
-            .iter()
-            .map(|p| match (&p.lock, &p.server) {
-                (Some(s), _) => s.clone(),
-                (None, Err(e)) => Err(e.clone()),
-                (None, Ok(_)) => Ok(None),
-            })
-            .collect();
-        out.push_str(&format!("lock: {}\n", lock_summary(&states, quorum)));
+        let views = LockViews::new(
+            probes
+                .iter()
+                .map(|p| match (&p.lock, &p.reachable) {
+                    (Some(s), _) => s.clone(),
+                    (None, Err(e)) => Err(e.clone()),
+                    (None, Ok(())) => Ok(None),
+                })
+                .collect(),
+            quorum,
+        );
+        out.push_str(&format!("lock: {}\n", lock_summary(&views)));
     }
     out
 }
@@ -221,8 +282,6 @@ pub fn status(labels: &[String], probes: &[Probe], key: Option<&str>, quorum: us
 mod tests {
 
     use super::*;
-    use crate::nodes::LockInfo;
-    use redis_lock_client::NodeErrorKind;
 
     #[test]
     fn shell_quoting_table() {
@@ -248,104 +307,5 @@ mod tests {
             out,
             "REDIS_LOCK_KEY='jobs:it'\\''s'\nREDIS_LOCK_TOKEN=ab12\nREDIS_LOCK_FENCE=42\nREDIS_LOCK_VALIDITY_MS=29690\n"
         );
-    }
-
-    fn held(owner: &str, fence: u64) -> Result<LockState, NodeFailure> {
-        Ok(Some(LockInfo {
-            fence,
-            owner: owner.into(),
-            ttl_ms: 4_990,
-            acquired_ms: 10,
-            extensions: 0,
-            maxhold_ms: None,
-        }))
-    }
-
-    fn down() -> Result<LockState, NodeFailure> {
-        Err(NodeFailure {
-            kind: NodeErrorKind::Connect,
-            message: "refused".into(),
-        })
-    }
-
-    #[test]
-    fn summary_names_the_quorum_holder() {
-        let cases = [
-            (
-                vec![held("aa", 5), held("aa", 7), down()],
-                "held by owner aa on 2 of 3 nodes (quorum 2), 1 not answering",
-            ),
-            (vec![Ok(None), Ok(None), Ok(None)], "free on 3 of 3 nodes (quorum 2)"),
-            (
-                vec![held("aa", 5), Ok(None), down()],
-                "not held on a quorum: owner aa on 1 of 3 nodes, free on 1 (quorum 2), 1 not answering",
-            ),
-            (
-                vec![down(), down(), Ok(None)],
-                "unknown: 1 of 3 nodes free (quorum 2), 2 not answering",
-            ),
-        ];
-        for (states, want) in cases {
-            assert_eq!(lock_summary(&states, 2), want);
-        }
-    }
-
-    #[test]
-    fn info_table_aligns_columns() {
-        let labels = vec!["127.0.0.1:7001".to_owned(), "127.0.0.1:17002".to_owned()];
-        let out = info(&labels, &[held("1a76", 99), down()], 2);
-        let want = "\
-node             state  fence  owner  ttl    held for  extensions
-127.0.0.1:7001   held   99     1a76   4.99s  10ms      0
-127.0.0.1:17002  error  cannot connect: refused
-not held on a quorum: owner 1a76 on 1 of 2 nodes, free on 0 (quorum 2), 1 not answering
-";
-        assert_eq!(out, want);
-    }
-
-    #[test]
-    fn status_reports_health_and_verdict() {
-        let labels: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:700{i}")).collect();
-        let ok = Probe {
-            server: Ok("redis 7.0.15".into()),
-            module: Some(Ok(Some(1))),
-            lock: Some(Ok(None)),
-        };
-        let no_module = Probe {
-            server: Ok("redis 7.0.15".into()),
-            module: Some(Ok(None)),
-            lock: Some(Err(NodeFailure {
-                kind: NodeErrorKind::ModuleNotLoaded,
-                message: "the LOCK.* commands are unknown".into(),
-            })),
-        };
-        let unreachable = Probe {
-            server: Err(NodeFailure {
-                kind: NodeErrorKind::Connect,
-                message: "refused".into(),
-            }),
-            module: None,
-            lock: None,
-        };
-        let out = status(&labels, &[ok.clone(), no_module, unreachable], Some("k"), 2);
-        assert!(
-            out.contains("127.0.0.1:7001  yes        redis 7.0.15"),
-            "{out}"
-        );
-        assert!(out.contains("NOT LOADED"), "{out}");
-        assert!(
-            out.contains("127.0.0.1:7003  no         cannot connect: refused"),
-            "{out}"
-        );
-        assert!(
-            out.contains("1 of 3 nodes healthy, quorum 2: DOWN"),
-            "{out}"
-        );
-        let all = status(&labels, &[ok.clone(), ok.clone(), ok], None, 2);
-        assert!(
-            all.ends_with("3 of 3 nodes healthy, quorum 2: ok\n"),
-            "{all}"
-        );
-        assert!(!all.contains("lock:"), "{all}");
     }
 }

@@ -22,9 +22,9 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::timeout;
 
 use crate::args::{Global, RunArgs};
-use crate::commands::{self, fail};
 use crate::duration;
 use crate::exit::{self, Failure};
+use crate::setup::{self, fail};
 use crate::watchdog::{self, FromWatchdog, ToWatchdog, Why};
 
 /// SIGINT, SIGTERM and SIGHUP, caught so that they can be forwarded; SIGTSTP
@@ -194,7 +194,16 @@ async fn release(
     match guard.release().await {
         Ok(r) => {
             if verbose {
-                say!("redis-lock: released {key:?} (freed on {} nodes)", r.held);
+                let still = if r.pending > 0 {
+                    format!(", {} more finishing", r.pending)
+                } else {
+                    String::new()
+                };
+                say!(
+                    "redis-lock: released {key:?}: freed on {} of {} nodes{still}",
+                    r.held,
+                    client.config().nodes()
+                );
             }
         }
         Err(e) => say!(
@@ -205,7 +214,7 @@ async fn release(
     // The release returns once a quorum answered; let the requests to the
     // other nodes finish before the runtime stops, or those nodes keep the
     // lock until its TTL.
-    commands::settle(g, client).await;
+    setup::settle(g, client).await;
 }
 
 /// How the command ended, as the watchdog saw it.
@@ -216,7 +225,7 @@ struct Ended {
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> u8 {
-    let client = match commands::config(g, a.max_hold).and_then(commands::client) {
+    let client = match setup::config(g, a.max_hold).and_then(setup::client) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -228,18 +237,23 @@ pub async fn run(g: &Global, a: RunArgs) -> u8 {
     let ttl = a.lock.ttl;
 
     let guard = tokio::select! {
-        r = client.lock(key, ttl, a.wait) => match r {
+        r = client.lock(key, ttl, a.waiting.budget()) => match r {
             Ok(guard) => guard,
-            Err(e) => return commands::not_acquired(key, &e),
+            Err(e) => return setup::not_acquired(&e, a.waiting.conflict_exit_code),
         },
         sig = signals.recv() => {
             say!("redis-lock: {} while waiting for {key:?}; not running the command", signal_name(sig));
             // The cancelled round releases what it was granted in a
             // background task: let it finish before the runtime stops.
-            commands::settle(g, &client).await;
+            setup::settle(g, &client).await;
             return 128u8.saturating_add(u8::try_from(sig).unwrap_or(0));
         }
     };
+    if let Err(e) = client.check_distinct().await {
+        let _ = guard.release().await;
+        setup::settle(g, &client).await;
+        return fail(Failure::Usage, e);
+    }
     let fence = guard.fence();
     if a.verbose {
         say!("redis-lock: acquired {key:?}, fence {fence}");

@@ -31,11 +31,7 @@ fn usage_errors_exit_64() {
             "needs a unit",
         ),
         ("redis://127.0.0.1:1", &["run", "--key", "k"], "COMMAND"),
-        (
-            "not-a-url",
-            &["acquire", "--key", "k"],
-            "not a valid Redis URL",
-        ),
+        ("not-a-url", &["acquire", "--key", "k"], "not a Redis URL"),
         (
             "redis://127.0.0.1:1",
             &["frobnicate"],
@@ -118,7 +114,23 @@ fn held_lock_exits_75_once_the_wait_runs_out() {
     assert_eq!(code, 75, "{err}");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(err.contains("not acquired"), "{err}");
+    // Said once, in rounds, with a readable duration.
+    assert_eq!(err.matches("\"busy\"").count(), 1, "{err}");
+    assert!(err.contains(" round") && !err.contains("attempts"), "{err}");
     assert!(!marker.exists(), "the command ran without the lock");
+
+    // flock's habits: --nonblock fails at once, -E picks the status.
+    for flags in [&["--nonblock"][..], &["-n", "-E", "3"][..]] {
+        let want = if flags.contains(&"-E") { 3 } else { 75 };
+        let flags: Vec<&str> = flags
+            .iter()
+            .map(|f| if *f == "-n" { "--nonblock" } else { f })
+            .collect();
+        let started = Instant::now();
+        let (code, _, err) = run_tool(run_sh(&urls, "busy", &flags, "true"));
+        assert_eq!(code, want, "{flags:?}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{flags:?}");
+    }
 
     // The holder's token releases it; a second release says it is not held.
     for want in [0, 1] {
@@ -557,11 +569,34 @@ fn status_and_info_show_each_node() {
     let mut info = tool(&urls);
     info.args(["info", "--key", "jobs:seen"]);
     let (code, out, _) = run_tool(info);
-    assert_eq!(code, 0, "{out}");
+    // One rule for `info` and `status`: a node down is "degraded", 1.
+    assert_eq!(code, 1, "{out}");
     let held_rows = out.lines().filter(|l| l.contains("  held  ")).count();
     assert_eq!(held_rows, 2, "{out}");
     assert!(out.contains("held by owner"), "{out}");
     assert!(out.contains("1 not answering"), "{out}");
+}
+
+#[test]
+fn completions_help_shows_one_line_per_shell_and_no_polling_flag() {
+    let mut help = tool("");
+    help.args(["completions", "--help"]);
+    let (code, out, _) = run_tool(help);
+    assert_eq!(code, 0);
+    for shell in ["bash:", "zsh:", "fish:"] {
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.trim_start().starts_with(shell))
+                .count(),
+            1,
+            "{shell} not on a line of its own:\n{out}"
+        );
+    }
+    assert!(!out.contains("--retry"), "{out}");
+    let mut top = tool("");
+    top.arg("--help");
+    let (_, out, _) = run_tool(top);
+    assert!(!out.contains("--retry"), "{out}");
 }
 
 #[test]
@@ -714,4 +749,333 @@ fn a_slow_node_gets_the_grant_and_the_release_before_the_tool_exits() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(held_on(&set, "slow:run"), 0, "freed on every node");
     assert!(!err.contains("did not answer"), "{err}");
+}
+
+// ------------------------------------------------------ the eval idiom
+
+/// The lines that take the lock with `eval` in the README and in
+/// `redis-lock --help` and `redis-lock acquire --help`, verbatim.
+fn documented_eval_lines() -> Vec<String> {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let mut lines: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("eval \"$(redis-lock acquire"))
+        .map(str::to_owned)
+        .collect();
+    for args in [&["--help"][..], &["acquire", "--help"]] {
+        let mut help = tool("");
+        help.args(args);
+        let (code, out, _) = run_tool(help);
+        assert_eq!(code, 0);
+        lines.extend(
+            out.lines()
+                .map(|l| l.trim().trim_start_matches("$ "))
+                .filter(|l| l.starts_with("eval \"$(redis-lock acquire"))
+                .map(str::to_owned),
+        );
+    }
+    assert!(
+        lines.len() >= 3,
+        "the idiom is missing from the docs: {lines:?}"
+    );
+    lines
+}
+
+/// `sh -c` running `line` then `echo RAN`, with `redis-lock` on the PATH.
+fn shell_line(urls: &str, prelude: &str, line: &str) -> Command {
+    let bin = std::path::PathBuf::from(bin());
+    let dir = bin.parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        &format!("{prelude}{line}\necho \"RAN $REDIS_LOCK_FENCE\""),
+    ]);
+    for var in TOOL_ENV {
+        sh.env_remove(var);
+    }
+    sh.env("PATH", path).env("REDIS_LOCK_NODES", urls);
+    sh
+}
+
+#[test]
+fn the_documented_eval_idiom_stops_the_script_without_the_lock() {
+    let set = nodes(3);
+    let urls = urls(&set);
+    let dead = format!("redis://127.0.0.1:{}", testkit::free_port());
+    for line in documented_eval_lines() {
+        for prelude in ["set -e\n", ""] {
+            // With neither `set -e` nor `|| exit` nothing can stop a script.
+            if prelude.is_empty() && !line.contains("|| exit") {
+                continue;
+            }
+            // Free: it runs, with the lease in its environment.
+            let (code, out, err) = run_tool(shell_line(&urls, prelude, &line));
+            assert_eq!(code, 0, "{line}: {err}");
+            assert!(out.starts_with("RAN 1"), "{line}: {out}");
+            // Held by that run's lease (never released): 75, not run.
+            let (code, out, err) = run_tool(shell_line(&urls, prelude, &line));
+            assert_eq!(code, 75, "{prelude}{line}: {out} {err}");
+            assert!(
+                !out.contains("RAN"),
+                "ran without the lock: {prelude}{line}"
+            );
+            // Nodes down: 69; a bad setting: 64.
+            let (code, out, _) = run_tool(shell_line(&dead, prelude, &line));
+            assert_eq!(code, 69, "{prelude}{line}: {out}");
+            assert!(!out.contains("RAN"), "ran without the lock: {line}");
+            let mut bad = shell_line(&urls, prelude, &line);
+            bad.env("REDIS_LOCK_WAIT", "forever");
+            let (code, out, _) = run_tool(bad);
+            assert_eq!(code, 64, "{prelude}{line}: {out}");
+            assert!(!out.contains("RAN"), "ran without the lock: {line}");
+            for s in &set.nodes {
+                let _: i64 = testkit::redis::cmd("DEL")
+                    .arg("reports")
+                    .query(&mut s.conn())
+                    .unwrap();
+            }
+        }
+    }
+}
+
+// ------------------------------------------- what a user met (issue 12)
+
+#[test]
+fn a_ttl_above_the_nodes_limit_is_a_usage_error_naming_the_limit() {
+    let set = NodeSet::start_with(3, |_| {
+        Server::builder(testkit::first_flavor()).module_arg("max-ttl-ms", "60000")
+    });
+    let mut cmd = tool(&urls(&set));
+    cmd.args(["acquire", "--key", "k", "--ttl", "2m"]);
+    let (code, _, err) = run_tool(cmd);
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("lock.max-ttl-ms = 60000 (1m00s)"), "{err}");
+    assert!(
+        !err.contains("unavailable") && !err.contains("ResponseError"),
+        "{err}"
+    );
+    assert_eq!(held_on(&set, "k"), 0);
+}
+
+#[test]
+fn a_permission_error_is_not_an_authentication_failure_and_status_works_for_the_app_user() {
+    let set = nodes(3);
+    // The least-privilege user docs/COMMANDS.md recommends.
+    testkit::lockcmd::add_app_user(&set.nodes);
+    let app_urls: Vec<String> = set
+        .nodes
+        .iter()
+        .map(|s| format!("redis://app:secret@127.0.0.1:{}", s.port()))
+        .collect();
+    let app_urls = app_urls.join(",");
+
+    let mut denied = tool(&app_urls);
+    denied.args(["acquire", "--key", "other:x"]);
+    let (code, out, err) = run_tool(denied);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains("\"app\"") && err.contains("\"other:x\""),
+        "{err}"
+    );
+    assert!(!err.contains("authentication"), "{err}");
+    assert_eq!(out, "(exit 78)\n");
+
+    let mut wrong = tool(
+        &set.nodes
+            .iter()
+            .map(|s| format!("redis://app:wrong@127.0.0.1:{}", s.port()))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    wrong.args(["acquire", "--key", "locks:x"]);
+    let (code, _, err) = run_tool(wrong);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("authentication failed"), "{err}");
+
+    acquire(&app_urls, "locks:x", "30s");
+    let mut status = tool(&app_urls);
+    status.args(["status", "--key", "locks:x"]);
+    let (code, out, err) = run_tool(status);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 of 3 nodes healthy, quorum 2: ok"), "{out}");
+    assert!(out.contains("not readable with this user"), "{out}");
+    assert!(out.contains("lock: held by owner"), "{out}");
+}
+
+#[test]
+fn a_node_refusing_grants_is_reported_with_its_time_left_and_a_long_wait_ends_at_once() {
+    let set = NodeSet::start_with(1, |_| {
+        Server::builder(testkit::first_flavor()).module_arg("rejoin-delay-ms", "3600000")
+    });
+    let mut cmd = tool(&urls(&set));
+    cmd.args(["acquire", "--key", "k", "--wait", "10m"]);
+    let started = Instant::now();
+    let (code, _, err) = run_tool(cmd);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for nothing"
+    );
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("refusing new grants"), "{err}");
+    assert!(
+        err.contains("possible again in 59m") || err.contains("possible again in 1h00m"),
+        "{err}"
+    );
+    assert!(!err.contains("0 of 1 answered"), "{err}");
+
+    let mut status = tool(&urls(&set));
+    status.arg("status");
+    let (_, out, _) = run_tool(status);
+    assert!(out.contains("refusing grants for"), "{out}");
+}
+
+#[test]
+fn no_output_contains_a_token() {
+    let set = NodeSet::start_with(3, |_| Server::builder(testkit::first_flavor()).no_module());
+    let secret = "s3cret-token-4f1e9a";
+    for args in [
+        &["extend", "--key", "k", "--token", secret][..],
+        &["release", "--key", "k", "--token", secret],
+    ] {
+        let mut cmd = tool(&urls(&set));
+        cmd.args(args);
+        let (code, out, err) = run_tool(cmd);
+        assert_eq!(code, 78, "{err}");
+        assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+        assert!(!err.contains("with args beginning"), "{err}");
+    }
+    let mut cmd = tool(&urls(&set));
+    cmd.args(["acquire", "--key", "k"]);
+    let (_, _, err) = run_tool(cmd);
+    assert!(!err.contains("with args beginning"), "{err}");
+}
+
+#[test]
+fn tls_nodes_work_with_a_ca_file_and_a_client_certificate() {
+    let certs = testkit::tls::Certs::generate();
+    let mut ports = Vec::new();
+    let servers: Vec<Server> = (0..3)
+        .map(|_| {
+            let (builder, port) = certs.server(testkit::Flavor::Redis7);
+            ports.push(port);
+            builder.start()
+        })
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("rediss://localhost:{p}"))
+        .collect();
+    let urls = urls.join(",");
+    let with_certs = |cmd: &mut Command| {
+        cmd.env("REDIS_LOCK_TLS_CA", certs.path("ca.crt"))
+            .args(["--tls-cert".as_ref(), certs.path("client.crt").as_os_str()])
+            .args(["--tls-key".as_ref(), certs.path("client.key").as_os_str()]);
+    };
+    let mut acquire = tool(&urls);
+    with_certs(&mut acquire);
+    acquire.args(["acquire", "--key", "tls:k", "--ttl", "30s"]);
+    let (code, out, err) = run_tool(acquire);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("REDIS_LOCK_FENCE="), "{out}");
+    assert_eq!(testkit::lockcmd::held_on(&servers, "tls:k"), 3);
+
+    let mut status = tool(&urls);
+    with_certs(&mut status);
+    status.arg("status");
+    let (code, out, err) = run_tool(status);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Without the CA the server's certificate is not trusted: no panic.
+    let mut untrusted = tool(&urls);
+    untrusted.args(["acquire", "--key", "tls:other"]);
+    let (code, _, err) = run_tool(untrusted);
+    assert_eq!(code, 69, "{err}");
+}
+
+/// A port that answers like a web server: several lines, then closes.
+fn not_redis() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    thread::spawn(move || {
+        let deadline = Instant::now() + LIMIT;
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Type: text/html\r\n\r\n<html>\r\n<h1>400</h1>\r\n</html>\r\n",
+                    );
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    (port, stop)
+}
+
+#[test]
+fn a_port_that_is_not_redis_takes_one_line_of_the_status_table() {
+    let set = nodes(2);
+    let (port, stop) = not_redis();
+    let urls = format!("{},redis://127.0.0.1:{port}", urls(&set));
+    let mut status = tool(&urls);
+    status.arg("status");
+    let (code, out, _) = run_tool(status);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(code, 1, "{out}");
+    // Header, three nodes, the verdict.
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}  no ")), "{out}");
+}
+
+#[test]
+fn an_address_without_a_scheme_says_what_a_node_address_looks_like() {
+    let mut cmd = tool("localhost:6379");
+    cmd.args(["acquire", "--key", "k"]);
+    let (code, _, err) = run_tool(cmd);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("redis://[user:password@]host:port"), "{err}");
+    assert!(!err.contains("InvalidClientConfig"), "{err}");
+}
+
+#[test]
+fn two_addresses_of_one_server_are_refused() {
+    let set = nodes(2);
+    let port = set.nodes[0].port();
+    let urls = format!(
+        "redis://localhost:{port},redis://127.0.0.1:{port},{}",
+        set.nodes[1].url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for args in [
+        vec!["acquire".to_owned(), "--key".into(), "k".into()],
+        vec![
+            "run".into(),
+            "--key".into(),
+            "k".into(),
+            "--".into(),
+            "touch".into(),
+            marker.display().to_string(),
+        ],
+    ] {
+        let mut cmd = tool(&urls);
+        cmd.args(&args);
+        let (code, _, err) = run_tool(cmd);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains("are the same server"), "{err}");
+    }
+    assert!(!marker.exists(), "ran on one server counted twice");
+    assert_eq!(held_on(&set, "k"), 0);
 }

@@ -34,12 +34,15 @@ async fn the_client() -> Result<(), BoxError> {
     use std::time::Duration;
 
     let client = Client::new(Config::builder("redis://a:6379,redis://b:6379,redis://c:6379").build()?)?;
-    client
+    let job = client
         .with_lock("jobs:nightly", Duration::from_secs(30), |held| async move {
             // renewed in the background; dropped at once if the lock is lost
             run_nightly_job(held.fence()).await
         })
-        .await??; // the lock's error, then the job's own
+        .await?; // the lock's error: not acquired within the default wait (10 s), or lost
+    job?; // the job's own result
+    // Before the program exits: let the requests still out to slower nodes finish.
+    client.settle(Duration::from_secs(1)).await;
     Ok(())
 }
 

@@ -90,6 +90,26 @@ impl Client {
         self.block_on(self.inner.acquire(resource, ttl, wait))?
     }
 
+    /// See [`crate::Client::acquire_default`].
+    pub fn acquire_default(&self, resource: &str, ttl: Duration) -> Result<Lease, Error> {
+        self.block_on(self.inner.acquire_default(resource, ttl))?
+    }
+
+    /// See [`crate::Client::extend_token`].
+    pub fn extend_token(
+        &self,
+        resource: &str,
+        token: &crate::Token,
+        ttl: Duration,
+    ) -> Result<usize, Error> {
+        self.block_on(self.inner.extend_token(resource, token, ttl))?
+    }
+
+    /// See [`crate::Client::release_token`].
+    pub fn release_token(&self, resource: &str, token: &crate::Token) -> Result<Released, Error> {
+        self.block_on(self.inner.release_token(resource, token))?
+    }
+
     /// See [`crate::Client::extend`].
     pub fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<(), Error> {
         self.block_on(self.inner.extend(lease, ttl))?

@@ -6,16 +6,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use rand::Rng;
 
 use crate::background::Background;
 use crate::config::Config;
 use crate::error::{Error, LossReason, NodeError};
-use crate::guard::{HeldLease, LockGuard};
 use crate::lease::{Lease, Token};
 use crate::node::{Extended, Node};
+use crate::nodeset::{self, fan_out, NodeMask};
 use crate::quorum::{self, Decision, Raise, Tally, Vote};
+use crate::round::{not_won, too_few_answers, Round};
 
 mod queued;
 
@@ -45,7 +46,7 @@ impl Released {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Arc<Node>>,
     pub(crate) background: Arc<Background>,
 }
 
@@ -53,6 +54,12 @@ pub(crate) struct Inner {
 ///
 /// Cheap to clone (the connections are shared). Connections are opened
 /// lazily, one multiplexed connection per node.
+///
+/// **Call [`Client::settle`] before the program exits.** A won round leaves
+/// its slower nodes' requests, and a release its stragglers, to finish in
+/// the background on the runtime; a runtime shut down first cuts them
+/// short, and a lock left on those nodes then runs out only at its TTL.
+/// (The [`crate::blocking`] client waits for them itself when dropped.)
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
@@ -65,6 +72,15 @@ impl fmt::Debug for Client {
             .field("quorum", &self.inner.config.quorum())
             .finish_non_exhaustive()
     }
+}
+
+/// Each node's answer to a request by a bare token.
+#[derive(Default)]
+struct TokenCount {
+    held: usize,
+    not_held: usize,
+    hold_limited: usize,
+    errors: Vec<NodeError>,
 }
 
 /// A TTL as the client uses it: whole milliseconds, as sent to the nodes.
@@ -84,6 +100,28 @@ struct ReleaseOnDrop {
     armed: bool,
 }
 
+impl ReleaseOnDrop {
+    /// Runs `work` under the guard: disarmed when `work` completes, however
+    /// it ends (it releases what it must itself), so only a future dropped
+    /// mid-way releases in the background.
+    async fn around<T>(
+        inner: &Arc<Inner>,
+        resource: &str,
+        token: &Token,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let mut guard = ReleaseOnDrop {
+            inner: inner.clone(),
+            resource: resource.to_owned(),
+            token: token.clone(),
+            armed: true,
+        };
+        let out = work.await;
+        guard.armed = false;
+        out
+    }
+}
+
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
         if !self.armed {
@@ -95,9 +133,14 @@ impl Drop for ReleaseOnDrop {
         let token = self.token.clone();
         tracing::debug!(resource = %resource, "acquisition cancelled, releasing in the background");
         // A node without a connection never got the request.
-        let which: Vec<bool> = inner.nodes.iter().map(Node::may_be_connected).collect();
+        let which: NodeMask = inner
+            .nodes
+            .iter()
+            .filter(|n| n.may_be_connected())
+            .map(|n| n.index)
+            .collect();
         self.inner.background.spawn(None, async move {
-            release_nodes(&inner, &resource, &token, &which, Wait::All).await;
+            release_nodes(&inner, &resource, &token, which, Wait::All).await;
         });
     }
 }
@@ -109,7 +152,16 @@ impl Client {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, spec)| Node::new(i, spec, config.connect_timeout, config.request_timeout))
+            .map(|(i, spec)| {
+                Node::new(
+                    i,
+                    spec,
+                    config.tls.as_ref(),
+                    config.connect_timeout,
+                    config.request_timeout,
+                )
+                .map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client {
             inner: Arc::new(Inner {
@@ -144,8 +196,7 @@ impl Client {
     /// with [`Error::Unreachable`] if fewer than a quorum can be reached;
     /// the per-node errors are in it either way.
     pub async fn connect(&self) -> Result<Vec<NodeError>, Error> {
-        let results =
-            futures_util::future::join_all(self.inner.nodes.iter().map(|n| n.connect())).await;
+        let results = nodeset::each(&self.inner.nodes, |n| async move { n.connect().await }).await;
         let errors: Vec<NodeError> = results.into_iter().filter_map(Result::err).collect();
         let answered = self.inner.nodes.len() - errors.len();
         if answered < self.inner.config.quorum {
@@ -225,7 +276,8 @@ impl Client {
         let ttl = self.check_ttl(ttl)?;
         let token = Token::random()?;
         if self.inner.config.server_wait && !wait.is_zero() {
-            return self.acquire_queued(resource, &token, ttl, wait).await;
+            let work = self.wait_in_queues(resource, &token, ttl, wait);
+            return ReleaseOnDrop::around(&self.inner, resource, &token, work).await;
         }
         let backoff = self.inner.config.backoff();
         let started = Instant::now();
@@ -241,6 +293,14 @@ impl Client {
                             | Error::Unreachable { .. }
                             | Error::NoValidityLeft { .. }
                     ) =>
+                {
+                    e
+                }
+                // Nodes refusing grants: wait only if they may grant
+                // again within the budget.
+                Err(e)
+                    if e.retry_after()
+                        .is_some_and(|after| started.elapsed().saturating_add(after) < wait) =>
                 {
                     e
                 }
@@ -273,87 +333,46 @@ impl Client {
         }
     }
 
-    async fn acquire_round(&self, resource: &str, token: &Token, ttl: Ttl) -> Result<Lease, Error> {
-        self.acquire_round_noting(resource, token, ttl, None).await
+    /// [`Client::acquire`] with the configured default wait
+    /// ([`crate::ConfigBuilder::default_wait`], 10 s unless set).
+    pub async fn acquire_default(&self, resource: &str, ttl: Duration) -> Result<Lease, Error> {
+        self.acquire(resource, ttl, self.inner.config.default_wait)
+            .await
     }
 
-    /// [`Client::acquire_round`], noting in `granting[i]`, if asked, whether
-    /// node `i` granted in this round. (A lost round has released those
-    /// grants again: the lock was free there.)
-    async fn acquire_round_noting(
+    async fn acquire_round(&self, resource: &str, token: &Token, ttl: Ttl) -> Result<Lease, Error> {
+        let work = self.round(resource, token, ttl, None);
+        ReleaseOnDrop::around(&self.inner, resource, token, work).await
+    }
+
+    /// One round, noting in `granting`, if asked, which nodes granted in it.
+    /// (A lost round has released those grants again: the lock was free
+    /// there.) Run it inside [`ReleaseOnDrop::around`].
+    async fn round(
         &self,
         resource: &str,
         token: &Token,
         ttl: Ttl,
-        granting: Option<&mut Vec<bool>>,
+        granting: Option<&mut NodeMask>,
     ) -> Result<Lease, Error> {
         let inner = &self.inner;
         let n = inner.nodes.len();
-        let mut cancel_guard = ReleaseOnDrop {
-            inner: inner.clone(),
-            resource: resource.to_owned(),
-            token: token.clone(),
-            armed: true,
-        };
         let started = Instant::now();
-        let mut tally = Tally::new(n, inner.config.quorum);
-        // (node, fence) of every grant.
-        let mut granted: Vec<(usize, u64)> = Vec::new();
-        let mut errors = Vec::new();
-        // Nodes that may hold our token after the round: all but those that
-        // answered that someone else holds it.
-        let mut may_hold = vec![true; n];
+        let mut round = Round::new(n, inner.config.quorum);
         {
             // Owned futures, so that the slower nodes can be left to finish
             // in the background once the round is won (below).
             let shared: Arc<str> = Arc::from(resource);
-            let mut pending: FuturesUnordered<_> = (0..n)
-                .map(|i| {
-                    let (inner, resource, token) = (inner.clone(), shared.clone(), token.clone());
-                    async move {
-                        let answer = match inner.nodes.get(i) {
-                            Some(node) => {
-                                node.acquire(&resource, token.as_str(), ttl.millis, None)
-                                    .await
-                            }
-                            None => Ok(None),
-                        };
-                        (i, answer)
-                    }
-                })
-                .collect();
-            // Records one node's answer; the decision so far.
-            let mut note = |i: usize, answer: Result<Option<u64>, NodeError>| {
-                match answer {
-                    Ok(Some(fence)) => {
-                        tally.record(Vote::Granted(fence));
-                        granted.push((i, fence));
-                    }
-                    Ok(None) => {
-                        tally.record(Vote::Refused);
-                        if let Some(slot) = may_hold.get_mut(i) {
-                            *slot = false;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(resource, error = %e, "node failed");
-                        tally.record(Vote::Failed);
-                        // Never connected: the request did not go out, so
-                        // there is nothing to release there (and a release
-                        // would only wait for the same connect timeout).
-                        if !e.may_have_reached() {
-                            if let Some(slot) = may_hold.get_mut(i) {
-                                *slot = false;
-                            }
-                        }
-                        errors.push(e);
-                    }
+            let mut pending = fan_out(&inner.nodes, nodeset::all, |node| {
+                let (resource, token) = (shared.clone(), token.clone());
+                async move {
+                    node.acquire(&resource, token.as_str(), ttl.millis, None)
+                        .await
                 }
-                tally.decision()
-            };
+            });
             let mut decided = None;
             while let Some((i, answer)) = pending.next().await {
-                decided = note(i, answer);
+                decided = round.note(i, answer);
                 if decided.is_some() {
                     break;
                 }
@@ -377,25 +396,20 @@ impl Client {
                 // another client holds and which were free (a waiter queues
                 // only where it is held).
                 while let Some((i, answer)) = pending.next().await {
-                    let _ = note(i, answer);
+                    let _ = round.note(i, answer);
                 }
             }
         }
         let now = Instant::now();
-        granted.sort_unstable();
+        let granted = round.granted();
+        let may_hold = round.may_hold();
         if let Some(granting) = granting {
-            granting.clear();
-            granting.resize(n, false);
-            for (i, _) in &granted {
-                if let Some(g) = granting.get_mut(*i) {
-                    *g = true;
-                }
-            }
+            *granting = granted.iter().map(|(i, _)| *i).collect();
         }
 
-        if tally.decision() == Some(Decision::Won) {
+        if round.decision() == Some(Decision::Won) {
             let drift = inner.config.drift(ttl.duration);
-            let mut fence = tally.max_fence().unwrap_or_default();
+            let mut fence = round.tally().max_fence().unwrap_or_default();
             let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
             // Fenced: a quorum must hold the lease's fence before it is
             // handed out. Not worth a round trip once no validity is left.
@@ -409,8 +423,7 @@ impl Client {
                         nodes = raised.holders;
                     }
                     None => {
-                        release_nodes(inner, resource, token, &may_hold, Wait::All).await;
-                        cancel_guard.armed = false;
+                        release_nodes(inner, resource, token, may_hold, Wait::All).await;
                         let t = raised.raise.tally();
                         tracing::debug!(
                             resource,
@@ -421,8 +434,10 @@ impl Client {
                             elapsed = ?started.elapsed(),
                             "fence raise failed, released"
                         );
+                        let mut errors = round.into_errors();
                         errors.extend(raised.errors);
-                        return Err(raise_error(resource, &raised.raise, n, errors));
+                        let t = raised.raise.tally();
+                        return Err(not_won(resource, t, n, t.failed() > 0, errors));
                     }
                 }
             }
@@ -431,7 +446,6 @@ impl Client {
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(started);
             if let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now) {
-                cancel_guard.armed = false;
                 tracing::debug!(resource, fence, ?nodes, ?elapsed, "acquired");
                 return Ok(Lease {
                     resource: resource.to_owned(),
@@ -444,8 +458,7 @@ impl Client {
                     nodes,
                 });
             }
-            release_nodes(inner, resource, token, &may_hold, Wait::All).await;
-            cancel_guard.armed = false;
+            release_nodes(inner, resource, token, may_hold, Wait::All).await;
             tracing::debug!(resource, ?elapsed, "granted too late");
             return Err(Error::NoValidityLeft {
                 resource: resource.to_owned(),
@@ -456,19 +469,19 @@ impl Client {
 
         // Lost: release the partial grants at once (and the nodes that
         // failed or were still pending: their grant may have landed).
-        if tally.granted() > 0 || tally.failed() > 0 || tally.pending() > 0 {
-            release_nodes(inner, resource, token, &may_hold, Wait::All).await;
+        if round.needs_release() {
+            release_nodes(inner, resource, token, may_hold, Wait::All).await;
         }
-        cancel_guard.armed = false;
+        let t = round.tally();
         tracing::debug!(
             resource,
-            granted = tally.granted(),
-            refused = tally.refused(),
-            failed = tally.failed(),
+            granted = t.granted(),
+            refused = t.refused(),
+            failed = t.failed(),
             elapsed = ?now.saturating_duration_since(started),
             "not acquired"
         );
-        Err(round_error(resource, &tally, errors))
+        Err(round.error(resource))
     }
 
     /// Extends the lease on a quorum to `ttl` from now, within its remaining
@@ -501,14 +514,9 @@ impl Client {
         // limit, and from nodes that no longer hold it.
         let (mut hold_limited, mut not_held) = (0usize, 0usize);
         {
-            let mut pending: FuturesUnordered<_> =
-                inner
-                    .nodes
-                    .iter()
-                    .map(|node| async move {
-                        (node.index, node.extend(resource, token, ttl.millis).await)
-                    })
-                    .collect();
+            let mut pending = fan_out(&inner.nodes, nodeset::all, |node| async move {
+                node.extend(resource, token, ttl.millis).await
+            });
             while let Some((i, answer)) = pending.next().await {
                 match answer {
                     Ok(Extended::Yes) => {
@@ -577,13 +585,12 @@ impl Client {
                     reason,
                 })
             }
-            _ => Err(Error::Unreachable {
-                resource: lease.resource.clone(),
-                answered: tally.granted() + tally.refused(),
-                quorum: tally.quorum(),
-                nodes: tally.nodes(),
-                node_errors: errors,
-            }),
+            _ => Err(too_few_answers(
+                &lease.resource,
+                tally.granted() + tally.refused(),
+                (tally.quorum(), tally.nodes()),
+                errors,
+            )),
         }
     }
 
@@ -597,12 +604,12 @@ impl Client {
     /// Do not acquire again with the same token right after a release: a
     /// late release could reach a slow node after the new grant.
     pub async fn release(&self, lease: &Lease) -> Result<Released, Error> {
-        let all = vec![true; self.inner.nodes.len()];
+        let all = NodeMask::all(self.inner.nodes.len());
         let released = release_nodes(
             &self.inner,
             &lease.resource,
             &lease.token,
-            &all,
+            all,
             Wait::Quorum,
         )
         .await;
@@ -619,105 +626,84 @@ impl Client {
         Ok(released)
     }
 
-    /// Acquires (waiting up to `wait`) and returns a guard that renews the
-    /// lease in the background at a third of the TTL, signals the moment it
-    /// is lost, stops renewing at the configured maximum hold, and releases
-    /// when dropped (in the background) or by [`LockGuard::release`].
-    pub async fn lock(
+    /// Extends a lease held by `token` (handed over from another process,
+    /// say a script's `redis-lock acquire`) to `ttl` from now on every node
+    /// that holds it. Returns on how many nodes it was extended (a quorum at
+    /// least); [`Error::NotHeld`] if the token does not hold it on a quorum,
+    /// [`Error::Lost`] with [`LossReason::HoldLimit`] if the nodes' hold
+    /// limit keeps a quorum from extending.
+    pub async fn extend_token(
         &self,
         resource: &str,
+        token: &Token,
         ttl: Duration,
-        wait: Duration,
-    ) -> Result<LockGuard, Error> {
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::runtime("a lock guard needs a tokio runtime to renew on"))?;
-        let lease = self.acquire(resource, ttl, wait).await?;
-        Ok(LockGuard::start(self.clone(), lease, &handle))
-    }
-
-    /// Runs `work` while holding the lock, renewing it as long as the work
-    /// runs (up to the maximum hold). Waits up to the configured default
-    /// wait to acquire.
-    ///
-    /// If the lock is lost, `work` is dropped at once (it stops at its
-    /// current `.await`) and [`Error::Lost`] is returned; work that must
-    /// clean up itself can instead watch [`HeldLease::lost`]. When `work`
-    /// finishes, the lock is released and its output returned.
-    pub async fn with_lock<F, Fut, T>(
-        &self,
-        resource: &str,
-        ttl: Duration,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(HeldLease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let guard = self
-            .lock(resource, ttl, self.inner.config.default_wait)
-            .await?;
-        let held = guard.held().clone();
-        let work = work(held.clone());
-        tokio::select! {
-            biased;
-            reason = held.lost() => {
-                drop(guard);
-                Err(Error::Lost { resource: resource.to_owned(), reason })
-            }
-            out = work => {
-                if let Err(e) = guard.release().await {
-                    tracing::warn!(resource, error = %e, "release after work failed; the lock runs out at its TTL");
-                }
-                Ok(out)
+    ) -> Result<usize, Error> {
+        Self::check_resource(resource)?;
+        let ttl = self.check_ttl(ttl)?;
+        let answers = nodeset::each(&self.inner.nodes, |n| {
+            let token = token.clone();
+            async move { n.extend(resource, token.as_str(), ttl.millis).await }
+        })
+        .await;
+        let mut count = TokenCount::default();
+        for answer in answers {
+            match answer {
+                Ok(Extended::Yes) => count.held += 1,
+                Ok(Extended::NotHeld) => count.not_held += 1,
+                Ok(Extended::HoldLimit) => count.hold_limited += 1,
+                Err(e) => count.errors.push(e),
             }
         }
+        let held = count.held;
+        self.token_verdict(resource, count).map(|()| held)
     }
-}
 
-/// What a lost round amounts to: unreachable if more nodes failed than the
-/// quorum can spare, taken otherwise.
-fn round_error(resource: &str, tally: &Tally, node_errors: Vec<NodeError>) -> Error {
-    if tally.failed_beyond_spare() {
-        Error::Unreachable {
-            resource: resource.to_owned(),
-            answered: tally.granted() + tally.refused(),
-            quorum: tally.quorum(),
-            nodes: tally.nodes(),
-            node_errors,
-        }
-    } else {
-        Error::Taken {
-            resource: resource.to_owned(),
-            held_elsewhere: tally.refused(),
-            granted: tally.granted(),
-            quorum: tally.quorum(),
-            nodes: tally.nodes(),
-            node_errors,
-        }
+    /// Releases a lock held by `token` (handed over from another process)
+    /// on every node, waiting for each node's answer (each bounded by the
+    /// per-node timeouts). [`Error::NotHeld`] if the token did not hold it
+    /// on a quorum (already released, run out, or another's).
+    pub async fn release_token(&self, resource: &str, token: &Token) -> Result<Released, Error> {
+        Self::check_resource(resource)?;
+        let all = NodeMask::all(self.inner.nodes.len());
+        let released = release_nodes(&self.inner, resource, token, all, Wait::All).await;
+        let count = TokenCount {
+            held: released.held,
+            not_held: released.not_held,
+            hold_limited: 0,
+            errors: released.failed.clone(),
+        };
+        self.token_verdict(resource, count).map(|()| released)
     }
-}
 
-/// A fence raise that failed: unreachable if a node failed to confirm,
-/// taken if one answered that another token now holds the lock there (our
-/// grant had ended on it).
-fn raise_error(resource: &str, raise: &Raise, nodes: usize, node_errors: Vec<NodeError>) -> Error {
-    let t = raise.tally();
-    if t.failed() > 0 {
-        Error::Unreachable {
-            resource: resource.to_owned(),
-            answered: t.granted() + t.refused(),
-            quorum: t.quorum(),
-            nodes,
-            node_errors,
-        }
-    } else {
-        Error::Taken {
-            resource: resource.to_owned(),
-            held_elsewhere: t.refused(),
-            granted: t.granted(),
-            quorum: t.quorum(),
-            nodes,
-            node_errors,
+    /// Whether a token held a lock on a quorum, from each node's answer.
+    fn token_verdict(&self, resource: &str, c: TokenCount) -> Result<(), Error> {
+        let (quorum, nodes) = (self.inner.config.quorum, self.inner.nodes.len());
+        let spare = nodes.saturating_sub(quorum);
+        if c.held >= quorum {
+            Ok(())
+        } else if c.not_held + c.hold_limited > spare {
+            if c.hold_limited > 0 && c.not_held <= spare {
+                Err(Error::Lost {
+                    resource: resource.to_owned(),
+                    reason: LossReason::HoldLimit,
+                })
+            } else {
+                Err(Error::NotHeld {
+                    resource: resource.to_owned(),
+                    held: c.held,
+                    not_held: c.not_held + c.hold_limited,
+                    quorum,
+                    nodes,
+                    node_errors: c.errors,
+                })
+            }
+        } else {
+            Err(too_few_answers(
+                resource,
+                c.held + c.not_held + c.hold_limited,
+                (quorum, nodes),
+                c.errors,
+            ))
         }
     }
 }
@@ -752,18 +738,19 @@ async fn raise_fences(
         .collect();
     let mut errors = Vec::new();
     if raise.decision().is_none() {
-        let mut pending: FuturesUnordered<_> = granted
+        let below: Vec<usize> = granted
             .iter()
             .filter(|(_, f)| raise.needs_raise(*f))
-            .filter_map(|(i, _)| inner.nodes.get(*i))
-            .map(|node| async move {
-                (
-                    node.index,
-                    node.acquire(resource, token.as_str(), ttl.millis, Some(floor))
-                        .await,
-                )
-            })
+            .map(|(i, _)| *i)
             .collect();
+        let mut pending = fan_out(
+            &inner.nodes,
+            |i| below.contains(&i),
+            |node| async move {
+                node.acquire(resource, token.as_str(), ttl.millis, Some(floor))
+                    .await
+            },
+        );
         while let Some((i, answer)) = pending.next().await {
             match answer {
                 Ok(Some(fence)) => {
@@ -810,28 +797,20 @@ pub(crate) async fn release_nodes(
     inner: &Arc<Inner>,
     resource: &str,
     token: &Token,
-    which: &[bool],
+    which: NodeMask,
     wait: Wait,
 ) -> Released {
     let shared: Arc<str> = Arc::from(resource);
-    let mut pending: FuturesUnordered<_> = inner
-        .nodes
-        .iter()
-        .filter(|node| which.get(node.index).copied().unwrap_or(false))
-        .map(|node| {
-            // Owned, so that stragglers can be left to a background task.
-            let (inner, index, resource, token) =
-                (inner.clone(), node.index, shared.clone(), token.clone());
-            async move {
-                match inner.nodes.get(index) {
-                    Some(node) => node.release(&resource, token.as_str()).await,
-                    None => Ok(false),
-                }
-            }
-        })
-        .collect();
+    let mut pending = fan_out(
+        &inner.nodes,
+        |i| which.contains(i),
+        |node| {
+            let (resource, token) = (shared.clone(), token.clone());
+            async move { node.release(&resource, token.as_str()).await }
+        },
+    );
     let mut out = Released::default();
-    while let Some(answer) = pending.next().await {
+    while let Some((_, answer)) = pending.next().await {
         match answer {
             Ok(true) => out.held += 1,
             Ok(false) => out.not_held += 1,
@@ -846,7 +825,7 @@ pub(crate) async fn release_nodes(
             out.pending = pending.len();
             let resource = shared.clone();
             inner.background.spawn(None, async move {
-                while let Some(answer) = pending.next().await {
+                while let Some((_, answer)) = pending.next().await {
                     if let Err(e) = answer {
                         tracing::debug!(resource = %resource, error = %e, "late release failed");
                     }

@@ -26,8 +26,9 @@ pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
 pub const DEFAULT_DRIFT_FIXED: Duration = Duration::from_millis(2);
 /// Default wait budget of [`crate::Client::with_lock`].
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-/// Default bound on how long automatic extension keeps a lock.
-pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(600);
+/// Default bound on how long automatic extension keeps a lock: none, as
+/// for `redis-lock run` (set [`ConfigBuilder::max_hold`] to bound it).
+pub const DEFAULT_MAX_HOLD: Duration = Duration::MAX;
 
 /// Node addresses: a comma-separated string (`"redis://a:6379,redis://b:6379"`),
 /// or a list (`Vec`, slice or array) of strings, one address each.
@@ -102,6 +103,25 @@ pub struct Config {
     pub(crate) max_hold: Duration,
     pub(crate) fenced: bool,
     pub(crate) server_wait: bool,
+    /// Certificates for `rediss://` nodes: a CA to trust instead of the
+    /// system's, a client certificate and key.
+    pub(crate) tls: Option<Tls>,
+}
+
+/// PEM contents read from the configured files.
+#[derive(Clone, Default)]
+pub(crate) struct Tls {
+    pub(crate) ca: Option<Vec<u8>>,
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
 }
 
 impl Config {
@@ -155,8 +175,26 @@ impl Config {
         quorum::drift(ttl, self.drift_factor, self.drift_fixed)
     }
 
+    /// The wait budget of [`crate::Client::acquire_default`] and
+    /// [`crate::Client::with_lock`].
     pub fn default_wait(&self) -> Duration {
         self.default_wait
+    }
+
+    /// At most this many rounds after the first (`None`: only the wait
+    /// budget limits them).
+    pub fn retry_count(&self) -> Option<u32> {
+        self.retry_count
+    }
+
+    /// Base delay between rounds when polling.
+    pub fn retry_delay(&self) -> Duration {
+        self.retry_delay
+    }
+
+    /// Random extra delay between rounds, uniform in `[0, jitter]`.
+    pub fn retry_jitter(&self) -> Duration {
+        self.retry_jitter
     }
 
     pub fn max_hold(&self) -> Duration {
@@ -203,6 +241,8 @@ pub struct ConfigBuilder {
     max_hold: Duration,
     fenced: bool,
     server_wait: bool,
+    tls_ca: Option<std::path::PathBuf>,
+    tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -236,7 +276,27 @@ impl ConfigBuilder {
             max_hold: DEFAULT_MAX_HOLD,
             fenced: true,
             server_wait: true,
+            tls_ca: None,
+            tls_client: None,
         }
+    }
+
+    /// For `rediss://` nodes: trust the CA certificate(s) in this PEM file
+    /// instead of the system's.
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
+    }
+
+    /// For `rediss://` nodes that ask for one (`tls-auth-clients`): the
+    /// client certificate and its private key, PEM files.
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls_client = Some((cert.into(), key.into()));
+        self
     }
 
     /// Adds one node given as a `redis::ConnectionInfo`.
@@ -302,14 +362,15 @@ impl ConfigBuilder {
         self
     }
 
-    /// Wait budget of [`crate::Client::with_lock`] (default 10 s).
+    /// Wait budget of [`crate::Client::with_lock`] and
+    /// [`crate::Client::acquire_default`] (default 10 s).
     pub fn default_wait(mut self, wait: Duration) -> Self {
         self.default_wait = wait;
         self
     }
 
     /// Automatic extension stops once holding longer would pass this bound
-    /// (default 10 minutes; `Duration::MAX` for no bound).
+    /// (default: no bound, `Duration::MAX`, as for `redis-lock run`).
     pub fn max_hold(mut self, max_hold: Duration) -> Self {
         self.max_hold = max_hold;
         self
@@ -349,8 +410,19 @@ impl ConfigBuilder {
             }
             // The address may contain a password: report the position and
             // the parser's complaint, never the address itself.
+            let schemes = ["redis://", "rediss://", "unix://", "redis+unix://"];
+            if !schemes.iter().any(|s| addr.starts_with(s)) {
+                return Err(Error::config(format!(
+                    "node address #{i} is not a Redis URL: write each node as \
+                     redis://[user:password@]host:port[/db], or rediss:// for TLS \
+                     (e.g. redis://localhost:6379)"
+                )));
+            }
             let info = addr.as_str().into_connection_info().map_err(|e| {
-                Error::config(format!("node address #{i} is not a valid Redis URL: {e}"))
+                Error::config(format!(
+                    "node address #{i} is not a valid Redis URL ({e}): write each node as \
+                     redis://[user:password@]host:port[/db], or rediss:// for TLS"
+                ))
             })?;
             infos.push(info);
         }
@@ -398,6 +470,12 @@ impl ConfigBuilder {
         }
 
         let n = nodes.len();
+        if n > crate::nodeset::NodeMask::MAX {
+            return Err(Error::config(format!(
+                "{n} nodes: at most {} are supported",
+                crate::nodeset::NodeMask::MAX
+            )));
+        }
         let quorum = self.quorum.unwrap_or_else(|| quorum::majority(n));
         if quorum > n {
             return Err(Error::config(format!(
@@ -425,6 +503,27 @@ impl ConfigBuilder {
         if self.max_hold.is_zero() {
             return Err(Error::config("maximum hold must be positive"));
         }
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::config(format!("{what} {}: {e}", path.display())))
+        };
+        let tls = if self.tls_ca.is_some() || self.tls_client.is_some() {
+            Some(Tls {
+                ca: match &self.tls_ca {
+                    Some(p) => Some(read("TLS CA file", p)?),
+                    None => None,
+                },
+                client: match &self.tls_client {
+                    Some((c, k)) => Some((
+                        read("TLS client certificate", c)?,
+                        read("TLS client key", k)?,
+                    )),
+                    None => None,
+                },
+            })
+        } else {
+            None
+        };
         Ok(Config {
             nodes,
             quorum,
@@ -439,6 +538,7 @@ impl ConfigBuilder {
             max_hold: self.max_hold,
             server_wait: self.server_wait,
             fenced: self.fenced,
+            tls,
         })
     }
 }
@@ -534,9 +634,9 @@ mod tests {
             (Config::builder("redis://127.0.0.1:1,"), "#1 is empty"),
             (
                 Config::builder("http://127.0.0.1:1"),
-                "#0 is not a valid Redis URL",
+                "#0 is not a Redis URL",
             ),
-            (Config::builder("not a url"), "#0 is not a valid Redis URL"),
+            (Config::builder("not a url"), "#0 is not a Redis URL"),
             (
                 Config::builder("redis://127.0.0.1:1,redis://127.0.0.1:1"),
                 "listed twice",

@@ -46,8 +46,20 @@ pub enum NodeErrorKind {
     Connect,
     /// The connection or the request timed out.
     Timeout,
-    /// Authentication or permission failed (`WRONGPASS`, `NOAUTH`, `NOPERM`).
+    /// Authentication failed (`WRONGPASS`, `NOAUTH`): a wrong user or
+    /// password.
     Auth,
+    /// The user is known but an ACL denies it this command or key
+    /// (`NOPERM`); the message names the command, the key and the user.
+    Permission,
+    /// The node refuses new grants for a while (`TRYAGAIN`: its rejoin
+    /// delay after a restart without data, or its promotion delay);
+    /// [`NodeError::retry_after`] says how long.
+    Refusing,
+    /// The node rejected the request itself (`ERR invalid ...`): an
+    /// argument outside the node's limits, as a TTL above its
+    /// `lock.max-ttl-ms`. Sending it again will not help.
+    Rejected,
     /// The node does not know the `LOCK.*` commands: the module is not loaded.
     ModuleNotLoaded,
     /// The node answered with an error (`ERR`, `WRONGTYPE`, `READONLY`, `OOM`, ...).
@@ -76,6 +88,9 @@ pub struct NodeError {
     /// connection could be made for it: such a node cannot hold anything
     /// the request asked for, so it needs no release.
     pub(crate) sent: bool,
+    /// For [`NodeErrorKind::Refusing`]: how long the node said it will
+    /// refuse new grants.
+    pub retry_after: Option<Duration>,
 }
 
 impl NodeError {
@@ -87,7 +102,30 @@ impl NodeError {
             code: None,
             message,
             sent: true,
+            retry_after: None,
         }
+    }
+
+    /// The message with every occurrence of `secret` (a token) replaced:
+    /// servers echo a command's arguments in some errors.
+    pub(crate) fn redact(mut self, secret: &str) -> Self {
+        if !secret.is_empty() && self.message.contains(secret) {
+            self.message = self.message.replace(secret, "(token)");
+        }
+        self
+    }
+
+    /// A permission error names the request it refused: `what` (a command)
+    /// and `key` (if any).
+    pub(crate) fn about(mut self, what: &str, key: &str) -> Self {
+        if self.kind == NodeErrorKind::Permission {
+            self.message = if key.is_empty() {
+                format!("{what}: {}", self.message)
+            } else {
+                format!("{what} on key {key:?}: {}", self.message)
+            };
+        }
+        self
     }
 
     /// Marks the request as never sent (see [`NodeError::may_have_reached`]).
@@ -122,6 +160,15 @@ impl NodeError {
     pub fn is_module_not_loaded(&self) -> bool {
         self.kind == NodeErrorKind::ModuleNotLoaded
     }
+
+    pub fn is_permission(&self) -> bool {
+        self.kind == NodeErrorKind::Permission
+    }
+
+    /// The node refuses new grants for a while (`TRYAGAIN`).
+    pub fn is_refusing(&self) -> bool {
+        self.kind == NodeErrorKind::Refusing
+    }
 }
 
 impl fmt::Display for NodeError {
@@ -130,6 +177,9 @@ impl fmt::Display for NodeError {
             NodeErrorKind::Connect => "cannot connect",
             NodeErrorKind::Timeout => "timed out",
             NodeErrorKind::Auth => "authentication failed",
+            NodeErrorKind::Permission => "permission denied",
+            NodeErrorKind::Refusing => "refusing new grants",
+            NodeErrorKind::Rejected => "request rejected",
             NodeErrorKind::ModuleNotLoaded => "module not loaded",
             NodeErrorKind::Server => "server error",
             NodeErrorKind::Protocol => "unexpected reply",
@@ -183,6 +233,35 @@ pub enum Error {
         quorum: usize,
         nodes: usize,
         /// Why the others did not.
+        node_errors: Vec<NodeError>,
+    },
+    /// Too few nodes accept new grants: enough of them refuse for a while
+    /// (`TRYAGAIN`, their rejoin or promotion delay) that no quorum can
+    /// grant for `retry_after` at least. Not [`Error::is_unreachable`]:
+    /// the nodes are up, and retrying sooner cannot succeed.
+    #[non_exhaustive]
+    Refused {
+        resource: String,
+        /// How long until enough nodes may accept grants for a quorum.
+        retry_after: Duration,
+        quorum: usize,
+        nodes: usize,
+        /// Every node error of the round, the refusals among them.
+        node_errors: Vec<NodeError>,
+    },
+    /// A token handed over from elsewhere ([`crate::Client::extend_token`],
+    /// [`crate::Client::release_token`]) does not hold the lock on a
+    /// quorum: so many nodes answered "not held by this token" that a
+    /// quorum cannot hold it.
+    #[non_exhaustive]
+    NotHeld {
+        resource: String,
+        /// Nodes where the token held it.
+        held: usize,
+        /// Nodes where it did not.
+        not_held: usize,
+        quorum: usize,
+        nodes: usize,
         node_errors: Vec<NodeError>,
     },
     /// The caller's wait budget ran out; `last` is the error of the last
@@ -257,14 +336,55 @@ impl Error {
         }
     }
 
-    /// The wait budget ran out, or a round took longer than the TTL allowed.
+    /// The wait budget ran out, or a round took longer than the TTL allowed
+    /// (tell them apart with [`Error::is_wait_exhausted`] and
+    /// [`Error::is_no_validity_left`]).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. } | Error::NoValidityLeft { .. })
+    }
+
+    /// The caller's wait budget was spent without a lease.
+    pub fn is_wait_exhausted(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// A quorum granted, but too late for the lease to have any validity
+    /// left (the grants were released).
+    pub fn is_no_validity_left(&self) -> bool {
+        match self {
+            Error::NoValidityLeft { .. } => true,
+            Error::Timeout { last, .. } => last.is_no_validity_left(),
+            _ => false,
+        }
+    }
+
+    /// Too few nodes accept new grants for now (`TRYAGAIN`); see
+    /// [`Error::retry_after`].
+    pub fn is_refused(&self) -> bool {
+        match self {
+            Error::Refused { .. } => true,
+            Error::Timeout { last, .. } => last.is_refused(),
+            _ => false,
+        }
+    }
+
+    /// For [`Error::Refused`]: how long until a quorum may accept grants.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Refused { retry_after, .. } => Some(*retry_after),
+            Error::Timeout { last, .. } => last.retry_after(),
+            _ => None,
+        }
     }
 
     /// The lease had expired before or during the operation.
     pub fn is_expired(&self) -> bool {
         matches!(self, Error::Expired { .. })
+    }
+
+    /// The token does not hold the lock on a quorum ([`Error::NotHeld`]).
+    pub fn is_not_held(&self) -> bool {
+        matches!(self, Error::NotHeld { .. })
     }
 
     /// The lock was lost while held (see [`LossReason`]).
@@ -297,12 +417,33 @@ impl Error {
     /// The per-node errors of the (last) round.
     pub fn node_errors(&self) -> &[NodeError] {
         match self {
-            Error::Taken { node_errors, .. } | Error::Unreachable { node_errors, .. } => {
-                node_errors
-            }
+            Error::Taken { node_errors, .. }
+            | Error::Unreachable { node_errors, .. }
+            | Error::Refused { node_errors, .. }
+            | Error::NotHeld { node_errors, .. } => node_errors,
             Error::Timeout { last, .. } => last.node_errors(),
             _ => &[],
         }
+    }
+}
+
+/// A duration as messages show it: `850ms`, `4.99s`, `2m05s`, `1h30m`.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let centis = (ms % 1_000) / 10;
+        if centis == 0 {
+            format!("{}s", ms / 1_000)
+        } else {
+            let fraction = format!("{centis:02}");
+            format!("{}.{}s", ms / 1_000, fraction.trim_end_matches('0'))
+        }
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1_000)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
     }
 }
 
@@ -328,7 +469,7 @@ impl fmt::Display for Error {
             } => {
                 write!(
                     f,
-                    "lock {resource:?} is taken: held by another token on {held_elsewhere} of {nodes} nodes \
+                    "lock {resource:?} is held by another token on {held_elsewhere} of {nodes} nodes \
                      (granted by {granted}, {quorum} needed)"
                 )?;
                 write_node_errors(f, node_errors)
@@ -346,22 +487,60 @@ impl fmt::Display for Error {
                 )?;
                 write_node_errors(f, node_errors)
             }
+            Error::NotHeld {
+                resource,
+                held,
+                not_held,
+                quorum,
+                nodes,
+                node_errors,
+            } => {
+                write!(
+                    f,
+                    "this token does not hold the lock {resource:?} on a quorum: held on {held}, \
+                     not held on {not_held} of {nodes} nodes ({quorum} needed)"
+                )?;
+                write_node_errors(f, node_errors)
+            }
+            Error::Refused {
+                resource,
+                retry_after,
+                quorum,
+                nodes,
+                node_errors,
+            } => {
+                write!(
+                    f,
+                    "too few nodes accept new grants for {resource:?}: {quorum} of {nodes} needed, \
+                     possible again in {}",
+                    human_duration(*retry_after)
+                )?;
+                write_node_errors(f, node_errors)
+            }
             Error::Timeout {
                 resource,
                 waited,
                 attempts,
                 last,
-            } => write!(
-                f,
-                "timed out after {waited:?} and {attempts} attempts to lock {resource:?}: {last}"
-            ),
+            } => {
+                // `last` names the resource already.
+                let _ = resource;
+                let rounds = if *attempts == 1 { "round" } else { "rounds" };
+                write!(
+                    f,
+                    "{last} (gave up after waiting {}, {attempts} {rounds})",
+                    human_duration(*waited)
+                )
+            }
             Error::NoValidityLeft {
                 resource,
                 ttl,
                 elapsed,
             } => write!(
                 f,
-                "lock {resource:?} was granted too late: {elapsed:?} elapsed of a {ttl:?} TTL left no validity"
+                "lock {resource:?} was granted too late: {} elapsed of a {} TTL left no validity",
+                human_duration(*elapsed),
+                human_duration(*ttl)
             ),
             Error::Expired { resource } => write!(f, "the lease on {resource:?} has expired"),
             Error::Lost { resource, reason } => write!(f, "lock {resource:?} was lost: {reason}"),

@@ -6,7 +6,8 @@
 //! lock is known lost, whether a quorum refused a renewal or the validity
 //! ran out before one succeeded.
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
@@ -295,6 +296,63 @@ async fn renew(client: Client, tx: watch::Sender<State>, mut stop: oneshot::Rece
             Err(e) => {
                 tracing::warn!(resource = %lease.resource, error = %e, "renewal failed, retrying");
                 next = Instant::now() + quorum::renew_retry_delay(ttl);
+            }
+        }
+    }
+}
+
+/// Taking a lock that renews itself: the guard's constructors.
+impl Client {
+    /// Acquires (waiting up to `wait`) and returns a guard that renews the
+    /// lease in the background at a third of the TTL, signals the moment it
+    /// is lost, stops renewing at the configured maximum hold, and releases
+    /// when dropped (in the background) or by [`LockGuard::release`].
+    pub async fn lock(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockGuard, Error> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::runtime("a lock guard needs a tokio runtime to renew on"))?;
+        let lease = self.acquire(resource, ttl, wait).await?;
+        Ok(LockGuard::start(self.clone(), lease, &handle))
+    }
+
+    /// Runs `work` while holding the lock, renewing it as long as the work
+    /// runs (up to the maximum hold). Waits up to the configured default
+    /// wait to acquire.
+    ///
+    /// If the lock is lost, `work` is dropped at once (it stops at its
+    /// current `.await`) and [`Error::Lost`] is returned; work that must
+    /// clean up itself can instead watch [`HeldLease::lost`]. When `work`
+    /// finishes, the lock is released and its output returned.
+    pub async fn with_lock<F, Fut, T>(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(HeldLease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self
+            .lock(resource, ttl, self.inner.config.default_wait)
+            .await?;
+        let held = guard.held().clone();
+        let work = work(held.clone());
+        tokio::select! {
+            biased;
+            reason = held.lost() => {
+                drop(guard);
+                Err(Error::Lost { resource: resource.to_owned(), reason })
+            }
+            out = work => {
+                if let Err(e) = guard.release().await {
+                    tracing::warn!(resource, error = %e, "release after work failed; the lock runs out at its TTL");
+                }
+                Ok(out)
             }
         }
     }

@@ -59,9 +59,12 @@ mod client;
 mod config;
 mod error;
 mod guard;
+mod inspect;
 mod lease;
 mod node;
+mod nodeset;
 mod quorum;
+mod round;
 
 pub use client::{Client, Released};
 pub use config::{
@@ -69,6 +72,7 @@ pub use config::{
     DEFAULT_DRIFT_FIXED, DEFAULT_MAX_HOLD, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_DELAY,
     DEFAULT_RETRY_JITTER, DEFAULT_WAIT,
 };
-pub use error::{Error, LossReason, NodeError, NodeErrorKind};
+pub use error::{human_duration, Error, LossReason, NodeError, NodeErrorKind};
 pub use guard::{HeldLease, LockGuard};
+pub use inspect::{Holder, LockView, LockViews, ModuleState, NodeHealth};
 pub use lease::{Lease, Token, MAX_TOKEN_LEN, TOKEN_BYTES};

@@ -8,7 +8,7 @@ use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, Value};
 use tokio::sync::Mutex;
 use tokio::time::timeout;
 
-use crate::config::NodeSpec;
+use crate::config::{NodeSpec, Tls};
 use crate::error::{Error, NodeError, NodeErrorKind};
 
 /// The cached connection and a generation number, so that a request that
@@ -48,10 +48,11 @@ impl Node {
     pub(crate) fn new(
         index: usize,
         spec: &NodeSpec,
+        tls: Option<&Tls>,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Node, Error> {
-        let client = redis::Client::open(spec.info.clone())
+        let client = open(spec, tls)
             .map_err(|e| Error::config(format!("node #{index} ({}): {e}", spec.label)))?;
         Ok(Node {
             index,
@@ -63,7 +64,7 @@ impl Node {
         })
     }
 
-    fn error(&self, kind: NodeErrorKind, message: impl Into<String>) -> NodeError {
+    pub(crate) fn error(&self, kind: NodeErrorKind, message: impl Into<String>) -> NodeError {
         NodeError::new(self.index, &self.label, kind, message.into())
     }
 
@@ -170,14 +171,23 @@ impl Node {
     fn classify(&self, e: &RedisError, phase: Phase) -> NodeError {
         let code = e.code().map(str::to_owned);
         let detail = e.detail().unwrap_or_default();
-        let kind = if e.kind() == ErrorKind::AuthenticationFailed
-            || matches!(code.as_deref(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        let lower = detail.to_ascii_lowercase();
+        let kind = if code.as_deref() == Some("NOPERM") {
+            NodeErrorKind::Permission
+        } else if e.kind() == ErrorKind::AuthenticationFailed
+            || matches!(code.as_deref(), Some("WRONGPASS" | "NOAUTH"))
         {
             NodeErrorKind::Auth
-        } else if code.as_deref() == Some("ERR")
-            && detail.to_ascii_lowercase().contains("unknown command")
-        {
+        } else if code.as_deref() == Some("TRYAGAIN") {
+            NodeErrorKind::Refusing
+        } else if code.as_deref() == Some("ERR") && lower.contains("unknown command") {
             NodeErrorKind::ModuleNotLoaded
+        } else if code.as_deref() == Some("ERR")
+            && (lower.starts_with("invalid")
+                || lower.contains("wrong number of arguments")
+                || lower.contains("syntax error"))
+        {
+            NodeErrorKind::Rejected
         } else if e.is_timeout() {
             NodeErrorKind::Timeout
         } else if code.is_some() {
@@ -190,12 +200,29 @@ impl Node {
             NodeErrorKind::Io
         };
         let message = match kind {
+            // The server's text echoes the command's arguments, the token
+            // among them: say only what it means.
             NodeErrorKind::ModuleNotLoaded => {
-                format!("the LOCK.* commands are unknown (is the module loaded?): {e}")
+                "the LOCK.* commands are unknown (is the redis-lock module loaded?)".to_owned()
             }
+            NodeErrorKind::Permission => {
+                let user = self
+                    .client
+                    .get_connection_info()
+                    .redis_settings()
+                    .username()
+                    .unwrap_or("default")
+                    .to_owned();
+                format!("user {user:?}: {}", detail.trim())
+            }
+            NodeErrorKind::Refusing | NodeErrorKind::Rejected => detail.trim().to_owned(),
             _ => e.to_string(),
         };
-        self.error(kind, message).with_code(code)
+        let mut error = self.error(kind, message).with_code(code);
+        if kind == NodeErrorKind::Refusing {
+            error.retry_after = refusal_time_left(detail);
+        }
+        error
     }
 
     /// A connection that broke during the handshake (reset, broken pipe,
@@ -242,6 +269,10 @@ impl Node {
         }
     }
 
+    pub(crate) fn protocol_error(&self, what: String) -> NodeError {
+        self.error(NodeErrorKind::Protocol, what)
+    }
+
     fn protocol(&self, what: &str, value: &Value) -> NodeError {
         self.error(
             NodeErrorKind::Protocol,
@@ -265,7 +296,8 @@ impl Node {
         if let Some(floor) = floor {
             cmd.arg("FENCE").arg(floor);
         }
-        match self.query(&cmd).await? {
+        let reply = self.query(&cmd).await;
+        match reply.map_err(|e| about(e, "LOCK.ACQUIRE", key, token))? {
             Value::Nil => Ok(None),
             // The module never grants below the floor it was given.
             Value::Int(fence) => u64::try_from(fence)
@@ -287,7 +319,8 @@ impl Node {
     ) -> Result<Extended, NodeError> {
         let mut cmd = redis::cmd("LOCK.EXTEND");
         cmd.arg(key).arg(token).arg(ttl_ms);
-        match self.query(&cmd).await? {
+        let reply = self.query(&cmd).await;
+        match reply.map_err(|e| about(e, "LOCK.EXTEND", key, token))? {
             Value::Int(1) => Ok(Extended::Yes),
             Value::Int(0) => Ok(Extended::NotHeld),
             Value::Int(-1) => Ok(Extended::HoldLimit),
@@ -299,7 +332,9 @@ impl Node {
     pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool, NodeError> {
         let mut cmd = redis::cmd("LOCK.RELEASE");
         cmd.arg(key).arg(token);
-        self.flag("LOCK.RELEASE", &cmd).await
+        self.flag("LOCK.RELEASE", &cmd)
+            .await
+            .map_err(|e| about(e, "LOCK.RELEASE", key, token))
     }
 
     /// `LOCK.ACQUIRE key token ttl-ms WAIT wait-ms` on a connection of its
@@ -351,7 +386,12 @@ impl Node {
         let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
         match timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
             Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),
-            Ok(Err(e)) => Err(self.classify(&e, Phase::Request)),
+            Ok(Err(e)) => Err(about(
+                self.classify(&e, Phase::Request),
+                "LOCK.ACQUIRE",
+                key,
+                token,
+            )),
             Ok(Ok(Value::Nil)) => Ok(None),
             Ok(Ok(Value::Int(fence))) => u64::try_from(fence)
                 .map(Some)
@@ -367,6 +407,45 @@ impl Node {
             other => Err(self.protocol(what, &other)),
         }
     }
+}
+
+/// The redis client of one node, with the configured certificates for a
+/// `rediss://` node. rustls needs a process-wide crypto provider: ring is
+/// installed unless the program installed one itself.
+fn open(spec: &NodeSpec, tls: Option<&Tls>) -> redis::RedisResult<redis::Client> {
+    #[cfg(feature = "tls")]
+    if matches!(spec.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(tls) = tls {
+            return redis::Client::build_with_tls(
+                spec.info.clone(),
+                redis::TlsCertificates {
+                    client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert: tls.ca.clone(),
+                },
+            );
+        }
+    }
+    let _ = tls;
+    redis::Client::open(spec.info.clone())
+}
+
+/// A node error of request `what` on `key`: the token never shown, and a
+/// permission error naming the command and the key.
+fn about(e: NodeError, what: &str, key: &str, token: &str) -> NodeError {
+    e.redact(token).about(what, key)
+}
+
+/// The time left in a `TRYAGAIN` refusal: `... refused for another 1234 ms ...`.
+fn refusal_time_left(detail: &str) -> Option<Duration> {
+    let rest = detail.split("for another ").nth(1)?;
+    let ms: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 fn is_broken_connection(e: &RedisError) -> bool {

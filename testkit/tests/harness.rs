@@ -342,7 +342,9 @@ fn flavor_names() {
     assert_eq!(Flavor::Redis7.to_string(), "redis-7.0");
     assert_eq!(Flavor::Valkey8.to_string(), "valkey-8.1");
     assert_eq!(Flavor::Valkey9.to_string(), "valkey-9.1");
+    assert_eq!(Flavor::Redis74.to_string(), "redis-7.4");
     assert!(!Flavor::Redis7.supports_faketime());
+    assert!(!Flavor::Redis74.supports_faketime());
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub const LIMIT: Duration = Duration::from_secs(20);
 
 /// Settings the tool reads from the environment; cleared so that the
 /// developer's shell does not change the tests.
-pub const TOOL_ENV: [&str; 12] = [
+pub const TOOL_ENV: [&str; 15] = [
     "REDIS_LOCK_NODES",
     "REDIS_LOCK_USERNAME",
     "REDIS_LOCK_PASSWORD",
@@ -39,6 +39,9 @@ pub const TOOL_ENV: [&str; 12] = [
     "REDIS_LOCK_KILL_GRACE",
     "REDIS_LOCK_TOKEN",
     "REDIS_LOCK_KEY",
+    "REDIS_LOCK_TLS_CA",
+    "REDIS_LOCK_TLS_CERT",
+    "REDIS_LOCK_TLS_KEY",
 ];
 
 pub fn nodes(n: usize) -> NodeSet {

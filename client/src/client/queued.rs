@@ -36,8 +36,9 @@
 use super::{release_nodes, Client, ReleaseOnDrop, Ttl, Wait};
 use crate::error::Error;
 use crate::lease::{Lease, Token};
+use crate::nodeset::{fan_out, NodeMask};
 use crate::quorum::{Decision, Tally, Vote};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use rand::Rng;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,14 +59,18 @@ enum Queued {
 /// budget is dropped mid-way).
 struct Filled<'a> {
     sent: &'a [AtomicBool],
-    reached: &'a mut Vec<bool>,
+    reached: &'a mut NodeMask,
 }
 
 impl Drop for Filled<'_> {
     fn drop(&mut self) {
-        for (slot, sent) in self.reached.iter_mut().zip(self.sent) {
-            *slot = sent.load(Ordering::Relaxed);
-        }
+        *self.reached = self
+            .sent
+            .iter()
+            .enumerate()
+            .filter(|(_, sent)| sent.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+            .collect();
     }
 }
 
@@ -82,18 +87,23 @@ const MIN_WAIT: Duration = Duration::from_millis(2);
 /// answer: `why` is logged).
 fn ends_the_wait(
     round: Result<Lease, Error>,
-    guard: &mut ReleaseOnDrop,
+    resource: &str,
+    left: Duration,
     why: &str,
 ) -> ControlFlow<Result<Lease, Error>, Error> {
     match round {
-        Err(e) if e.is_taken() || e.is_unreachable() || e.is_timeout() => {
-            tracing::debug!(resource = %guard.resource, error = %e, "{why}");
+        // Nodes refusing grants for longer than the budget: waiting cannot
+        // succeed, so it ends at once.
+        Err(e)
+            if e.is_taken()
+                || e.is_unreachable()
+                || e.is_timeout()
+                || e.retry_after().is_some_and(|after| after < left) =>
+        {
+            tracing::debug!(resource, error = %e, "{why}");
             ControlFlow::Continue(e)
         }
-        done => {
-            guard.armed = false;
-            ControlFlow::Break(done)
-        }
+        done => ControlFlow::Break(done),
     }
 }
 
@@ -138,7 +148,9 @@ impl Client {
         tokio::time::timeout(left, round).await.ok()
     }
 
-    pub(super) async fn acquire_queued(
+    /// `acquire` by waiting in the nodes' queues; run it inside
+    /// [`ReleaseOnDrop::around`].
+    pub(super) async fn wait_in_queues(
         &self,
         resource: &str,
         token: &Token,
@@ -150,12 +162,6 @@ impl Client {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let backoff = self.inner.config.backoff();
-        let mut guard = ReleaseOnDrop {
-            inner: self.inner.clone(),
-            resource: resource.to_owned(),
-            token: token.clone(),
-            armed: true,
-        };
         let mut attempts: u32 = 0;
         let first_window = self
             .inner
@@ -173,7 +179,6 @@ impl Client {
             let left = wait.saturating_sub(started.elapsed());
             if left < MIN_WAIT {
                 // The budget is spent: one plain round, its answer final.
-                guard.armed = false;
                 return self
                     .last_round(resource, token, ttl, (started, wait), attempts, last)
                     .await;
@@ -181,27 +186,36 @@ impl Client {
             // A plain round first: it takes a free lock at once, on the
             // long-lived connections, and tells where another client holds
             // it. A lost round has released what it was granted.
-            let mut free = Vec::new();
+            let mut free = NodeMask::default();
             let round = self
                 .within(
                     started,
                     wait,
-                    self.acquire_round_noting(resource, token, ttl, Some(&mut free)),
+                    ReleaseOnDrop::around(
+                        &self.inner,
+                        resource,
+                        token,
+                        self.round(resource, token, ttl, Some(&mut free)),
+                    ),
                 )
                 .await
                 .unwrap_or_else(|| Err(cut_short(resource, last.take(), quorum, n)));
-            let err = match ends_the_wait(round, &mut guard, "held elsewhere, queueing") {
+            let err = match ends_the_wait(
+                round,
+                resource,
+                wait.saturating_sub(started.elapsed()),
+                "held elsewhere, queueing",
+            ) {
                 ControlFlow::Break(done) => return done,
                 ControlFlow::Continue(e) => e,
             };
             let left = wait.saturating_sub(started.elapsed());
             if left < MIN_WAIT {
                 // That round was the last one the budget allows.
-                guard.armed = false;
                 return Err(timed_out(resource, started, attempts, err));
             }
             last = Some(err);
-            let mut reached = vec![true; n];
+            let mut reached = NodeMask::all(n);
             let outcome = self
                 .within(
                     started,
@@ -213,7 +227,7 @@ impl Client {
                         left,
                         ticket,
                         split_window,
-                        &free,
+                        free,
                         &mut reached,
                     ),
                 )
@@ -223,9 +237,12 @@ impl Client {
                 });
             if let Queued::Quorum = outcome {
                 let round = self.acquire_round(resource, token, ttl).await;
-                if let ControlFlow::Break(done) =
-                    ends_the_wait(round, &mut guard, "queued grant not confirmed")
-                {
+                if let ControlFlow::Break(done) = ends_the_wait(
+                    round,
+                    resource,
+                    wait.saturating_sub(started.elapsed()),
+                    "queued grant not confirmed",
+                ) {
                     return done;
                 }
             } else {
@@ -244,7 +261,7 @@ impl Client {
             // Give back every partial grant before queueing again: the same
             // token is reused, so a late release must not hit the next grant.
             // Nodes whose wait could not even connect hold nothing of ours.
-            release_nodes(&self.inner, resource, token, &reached, Wait::All).await;
+            release_nodes(&self.inner, resource, token, reached, Wait::All).await;
             if let Queued::Split = outcome {
                 // The tickets already order the queues: a short random pause
                 // is enough, and the window grows so a long wait stays calm.
@@ -269,7 +286,6 @@ impl Client {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => {
                     // Out of retries or budget: a last plain round.
-                    guard.armed = false;
                     return self
                         .last_round(resource, token, ttl, (started, wait), attempts, last)
                         .await;
@@ -311,39 +327,37 @@ impl Client {
         wait: Duration,
         ticket: u64,
         split_window: Duration,
-        free: &[bool],
-        reached: &mut Vec<bool>,
+        free: NodeMask,
+        reached: &mut NodeMask,
     ) -> Queued {
         let inner = &self.inner;
         // Every node may hold our token after this round (a late grant)
         // but those whose wait never connected: filled in when the round
         // ends, or is cut short (the flags outlive the futures).
         let sent: Vec<AtomicBool> = (0..inner.nodes.len())
-            .map(|i| AtomicBool::new(free.get(i).copied().unwrap_or(false)))
+            .map(|i| AtomicBool::new(free.contains(i)))
             .collect();
         let fill = Filled {
             sent: &sent,
             reached,
         };
-        fill.reached.clear();
-        fill.reached.resize(inner.nodes.len(), true);
+        *fill.reached = NodeMask::all(inner.nodes.len());
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut tally = Tally::new(inner.nodes.len(), inner.config.quorum);
-        let is_free = |i: usize| free.get(i).copied().unwrap_or(false);
+        let is_free = |i: usize| free.contains(i);
         for _ in (0..inner.nodes.len()).filter(|&i| is_free(i)) {
             tally.record(Vote::Granted(0));
         }
         if tally.decision() == Some(Decision::Won) {
             return Queued::Quorum;
         }
-        let mut pending: FuturesUnordered<_> = inner
-            .nodes
-            .iter()
-            .filter(|node| !is_free(node.index))
-            .map(|node| {
+        let mut pending = fan_out(
+            &inner.nodes,
+            |i| !is_free(i),
+            |node| {
                 let sent = sent.get(node.index);
                 async move {
-                    let answer = match sent {
+                    match sent {
                         Some(sent) => {
                             node.acquire_waiting(
                                 resource,
@@ -356,11 +370,10 @@ impl Client {
                             .await
                         }
                         None => Ok(None),
-                    };
-                    (node.index, answer)
+                    }
                 }
-            })
-            .collect();
+            },
+        );
         let mut split_at: Option<tokio::time::Instant> = None;
         loop {
             let answer = match split_at {

@@ -1,0 +1,551 @@
+//! Per-node reads for tools and operators: the lock as each node shows it
+//! (`LOCK.INFO`), and each node's health (reachable, server, module, role,
+//! rejoin or promotion delay). One request set per node, all nodes in
+//! parallel, each bounded by the per-node timeouts. The reply parsers are
+//! pure and tested without a server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::client::Client;
+use crate::error::{Error, NodeError, NodeErrorKind};
+use crate::node::Node;
+use crate::nodeset::each;
+
+/// A held lock as `LOCK.INFO` shows it on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockView {
+    /// The fencing token of the grant on this node. Nodes number their own
+    /// grants: after a fenced acquisition a quorum holds the lease's fence,
+    /// a node granted after the quorum was reached may hold a lower one.
+    pub fence: u64,
+    /// A fingerprint of the holder's token (never the token).
+    pub owner: String,
+    /// Time left on this node.
+    pub ttl: Duration,
+    /// How long ago it was granted.
+    pub held_for: Duration,
+    pub extensions: u64,
+    /// The grant's hold limit, if it has one.
+    pub max_hold: Option<Duration>,
+}
+
+/// The lock on every node, in node order: `Ok(None)` where it is free.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LockViews {
+    pub nodes: Vec<Result<Option<LockView>, NodeError>>,
+    pub quorum: usize,
+}
+
+/// Who holds a lock across the nodes: the one reading of a node set's
+/// answers that the tools share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Holder {
+    /// One owner (a token fingerprint) holds it on a quorum.
+    Held { owner: String, on: usize },
+    /// A quorum of nodes has it free.
+    Free { on: usize },
+    /// Neither: the nodes that answered do not agree on a quorum.
+    Undecided {
+        /// The owner on the most nodes, and on how many.
+        top: Option<(String, usize)>,
+        free: usize,
+    },
+}
+
+impl LockViews {
+    /// The views of `nodes` (in node order) under `quorum`.
+    pub fn new(nodes: Vec<Result<Option<LockView>, NodeError>>, quorum: usize) -> Self {
+        LockViews { nodes, quorum }
+    }
+
+    /// Nodes that did not answer.
+    pub fn failed(&self) -> usize {
+        self.nodes.iter().filter(|s| s.is_err()).count()
+    }
+
+    /// Who holds the lock on a quorum, if anyone.
+    pub fn holder(&self) -> Holder {
+        let mut by_owner: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut free = 0;
+        for state in &self.nodes {
+            match state {
+                Ok(Some(v)) => *by_owner.entry(v.owner.as_str()).or_insert(0) += 1,
+                Ok(None) => free += 1,
+                Err(_) => {}
+            }
+        }
+        let top = by_owner
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .map(|(owner, count)| ((*owner).to_owned(), *count));
+        match top {
+            Some((owner, on)) if on >= self.quorum => Holder::Held { owner, on },
+            _ if free >= self.quorum => Holder::Free { on: free },
+            top => Holder::Undecided { top, free },
+        }
+    }
+
+    /// Whether the nodes holding the lock show different fences.
+    pub fn fences_differ(&self) -> bool {
+        let mut fences = self
+            .nodes
+            .iter()
+            .filter_map(|s| s.as_ref().ok().and_then(Option::as_ref).map(|v| v.fence));
+        let first = fences.next();
+        fences.any(|f| Some(f) != first)
+    }
+}
+
+/// What the module says about itself on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ModuleState {
+    /// Loaded; its version when the user may read `MODULE LIST`.
+    Loaded { version: Option<i64> },
+    /// The node does not know the `LOCK.*` commands.
+    NotLoaded,
+    /// Could not be told (the node failed mid-way).
+    Unknown(NodeError),
+}
+
+/// One node's health, as `redis-lock status` shows it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeHealth {
+    /// The node's position and `host:port`.
+    pub node: usize,
+    pub addr: String,
+    /// Reached and authenticated; else why not.
+    pub reachable: Result<(), NodeError>,
+    /// `redis 7.0.15`, `valkey 8.1.1`; else why it could not be read (a
+    /// user without `INFO` permission).
+    pub server: Result<String, NodeError>,
+    /// Whether the module is loaded (told by a `LOCK.INFO` when the user
+    /// may not run `MODULE LIST`).
+    pub module: Option<ModuleState>,
+    /// `master` or `slave`, when `INFO` could be read.
+    pub role: Option<String>,
+    /// How long the node still refuses new grants (its rejoin or promotion
+    /// delay), when `INFO` could be read and the delay runs.
+    pub refusing_for: Option<Duration>,
+    /// The server's `run_id`: two addresses of one server show the same.
+    pub run_id: Option<String>,
+    /// The lock, when a key was asked for and the node reached.
+    pub lock: Option<Result<Option<LockView>, NodeError>>,
+}
+
+impl NodeHealth {
+    /// Reachable and the module loaded.
+    pub fn healthy(&self) -> bool {
+        self.reachable.is_ok() && matches!(self.module, Some(ModuleState::Loaded { .. }))
+    }
+
+    /// Why the node is not healthy, if it is not.
+    pub fn failure_kind(&self) -> Option<NodeErrorKind> {
+        match (&self.reachable, &self.module) {
+            (Err(e), _) => Some(e.kind),
+            (Ok(()), Some(ModuleState::Loaded { .. })) => None,
+            (Ok(()), Some(ModuleState::NotLoaded)) => Some(NodeErrorKind::ModuleNotLoaded),
+            (Ok(()), Some(ModuleState::Unknown(e))) => Some(e.kind),
+            (Ok(()), None) => Some(NodeErrorKind::Protocol),
+        }
+    }
+}
+
+impl Client {
+    /// `LOCK.INFO resource` on every node: the lock as each one shows it.
+    pub async fn lock_info(&self, resource: &str) -> LockViews {
+        let nodes = each(&self.inner.nodes, |n| async move {
+            node_lock(&n, resource).await
+        })
+        .await;
+        LockViews {
+            nodes,
+            quorum: self.inner.config.quorum,
+        }
+    }
+
+    /// Each node's health, and with `resource` the lock on it. Works with
+    /// the least-privileged user the docs recommend: what it may not read
+    /// is reported as such, and the module is then told by `LOCK.INFO`.
+    pub async fn probe(&self, resource: Option<&str>) -> Vec<NodeHealth> {
+        each(&self.inner.nodes, |n| async move {
+            probe_node(&n, resource).await
+        })
+        .await
+    }
+}
+
+impl Client {
+    /// Refuses a node set in which two entries are one server (`localhost`
+    /// and `127.0.0.1`, a name and its address): each server's `run_id`
+    /// tells. One server counted twice could make a quorum on its own.
+    /// Only nodes already connected are compared (after [`Client::connect`]
+    /// or an acquisition: one server that made a quorum twice is among
+    /// them), so nodes that are down cost no wait; nor are nodes whose user
+    /// may not run `INFO`.
+    pub async fn check_distinct(&self) -> Result<(), Error> {
+        let ids = each(&self.inner.nodes, |n| async move {
+            if !n.may_be_connected() {
+                return None;
+            }
+            let mut info = redis::cmd("INFO");
+            info.arg("server");
+            let text = value_text(&n.query(&info).await.ok()?);
+            info_field(&text, "run_id")
+        })
+        .await;
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(id) = id else { continue };
+            if let Some(first) = seen.insert(id, i) {
+                let label = |i: usize| self.inner.nodes.get(i).map_or("?", |n| n.label.as_str());
+                return Err(Error::Config {
+                    reason: format!(
+                        "nodes #{first} ({}) and #{i} ({}) are the same server (one run_id): \
+                         one server must not count twice towards the quorum",
+                        label(first),
+                        label(i)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn node_lock(node: &Node, resource: &str) -> Result<Option<LockView>, NodeError> {
+    let mut cmd = redis::cmd("LOCK.INFO");
+    cmd.arg(resource);
+    let reply = node
+        .query(&cmd)
+        .await
+        .map_err(|e| e.about("LOCK.INFO", resource))?;
+    parse_lock_info(&reply).map_err(|what| node.protocol_error(what))
+}
+
+async fn probe_node(node: &Node, resource: Option<&str>) -> NodeHealth {
+    let mut health = NodeHealth {
+        node: node.index,
+        addr: node.label.clone(),
+        reachable: Ok(()),
+        server: Err(node.error(NodeErrorKind::Protocol, "not asked")),
+        module: None,
+        role: None,
+        refusing_for: None,
+        run_id: None,
+        lock: None,
+    };
+    if let Err(e) = node.connect().await {
+        health.server = Err(e.clone());
+        health.reachable = Err(e);
+        return health;
+    }
+    let mut info = redis::cmd("INFO");
+    info.arg("server").arg("replication").arg("lock");
+    match node.query(&info).await {
+        Ok(v) => {
+            let text = value_text(&v);
+            let field = |name: &str| info_field(&text, name);
+            health.server = Ok(server_version(&text));
+            health.role = field("role");
+            health.run_id = field("run_id");
+            let left = ["lock_rejoin_delay_left_ms", "lock_promotion_delay_left_ms"]
+                .iter()
+                .filter_map(|f| field(f)?.parse::<u64>().ok())
+                .max()
+                .filter(|ms| *ms > 0);
+            health.refusing_for = left.map(Duration::from_millis);
+        }
+        Err(e) if e.kind == NodeErrorKind::Permission => {
+            health.server = Err(e.about("INFO", ""));
+        }
+        Err(e) => {
+            health.server = Err(e.clone());
+            health.reachable = Err(e);
+            return health;
+        }
+    }
+    let mut modules = redis::cmd("MODULE");
+    modules.arg("LIST");
+    health.module = Some(match node.query(&modules).await {
+        Ok(v) => match module_version(&v, "lock") {
+            Some(version) => ModuleState::Loaded {
+                version: Some(version),
+            },
+            None => ModuleState::NotLoaded,
+        },
+        // Not allowed to list modules: a `LOCK.INFO` tells. A command the
+        // server does not know is refused as unknown before any ACL check,
+        // so even a NOPERM answer means the module is loaded.
+        Err(e) if e.kind == NodeErrorKind::Permission => {
+            match node_lock(node, resource.unwrap_or("redis-lock:probe")).await {
+                Ok(_) => ModuleState::Loaded { version: None },
+                Err(e) if e.kind == NodeErrorKind::Permission => {
+                    ModuleState::Loaded { version: None }
+                }
+                Err(e) if e.kind == NodeErrorKind::ModuleNotLoaded => ModuleState::NotLoaded,
+                Err(e) => ModuleState::Unknown(e),
+            }
+        }
+        Err(e) => ModuleState::Unknown(e),
+    });
+    if let Some(resource) = resource {
+        health.lock = Some(node_lock(node, resource).await);
+    }
+    health
+}
+
+pub(crate) fn value_text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::Int(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The field/value pairs of a RESP2 flat array or a RESP3 map.
+fn pairs(v: &Value) -> Option<Vec<(String, &Value)>> {
+    match v {
+        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (value_text(k), v)).collect()),
+        Value::Array(items) => Some(
+            items
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => Some((value_text(k), v)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn millis(i: i64) -> Duration {
+    Duration::from_millis(u64::try_from(i).unwrap_or(0))
+}
+
+/// A `LOCK.INFO` reply: nil when free, else the fields; the error says
+/// what did not parse.
+pub(crate) fn parse_lock_info(v: &Value) -> Result<Option<LockView>, String> {
+    if matches!(v, Value::Nil) {
+        return Ok(None);
+    }
+    let bad = || format!("LOCK.INFO answered {v:?}");
+    let fields = pairs(v).ok_or_else(bad)?;
+    let mut view = LockView::default();
+    let mut seen_fence = false;
+    for (name, value) in fields {
+        let int = match value {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        };
+        match (name.as_str(), int) {
+            ("fence", Some(i)) => {
+                view.fence = u64::try_from(i).map_err(|_| bad())?;
+                seen_fence = true;
+            }
+            ("ttl", Some(i)) => view.ttl = millis(i),
+            ("acquired", Some(i)) => view.held_for = millis(i),
+            ("extensions", Some(i)) => view.extensions = u64::try_from(i).unwrap_or(0),
+            ("maxhold", Some(i)) => view.max_hold = Some(millis(i)),
+            ("owner", _) => view.owner = value_text(value),
+            _ => {}
+        }
+    }
+    if !seen_fence {
+        return Err(bad());
+    }
+    Ok(Some(view))
+}
+
+/// The version of module `name` in a `MODULE LIST` reply, `None` if it is
+/// not loaded.
+fn module_version(v: &Value, name: &str) -> Option<i64> {
+    let (Value::Array(modules) | Value::Set(modules)) = v else {
+        return None;
+    };
+    modules.iter().find_map(|m| {
+        let fields = pairs(m)?;
+        let named = fields
+            .iter()
+            .any(|(k, v)| k == "name" && value_text(v) == name);
+        if !named {
+            return None;
+        }
+        fields.iter().find_map(|(k, v)| match (k.as_str(), v) {
+            ("ver", Value::Int(i)) => Some(*i),
+            _ => None,
+        })
+    })
+}
+
+fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+        .map(str::to_owned)
+}
+
+/// `valkey 8.1.1` or `redis 7.0.15` from the text of `INFO server`.
+fn server_version(info: &str) -> String {
+    match (
+        info_field(info, "valkey_version"),
+        info_field(info, "redis_version"),
+    ) {
+        (Some(v), _) => format!("valkey {v}"),
+        (None, Some(v)) => format!("redis {v}"),
+        (None, None) => "unknown server".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn lock_info_from_resp2_and_resp3() {
+        let flat = Value::Array(vec![
+            bulk("acquired"),
+            Value::Int(12),
+            bulk("extensions"),
+            Value::Int(1),
+            bulk("fence"),
+            Value::Int(1_795_326_391_278_776),
+            bulk("owner"),
+            bulk("1a7674eb4ee78df7"),
+            bulk("ttl"),
+            Value::Int(4988),
+        ]);
+        let want = LockView {
+            fence: 1_795_326_391_278_776,
+            owner: "1a7674eb4ee78df7".into(),
+            ttl: Duration::from_millis(4988),
+            held_for: Duration::from_millis(12),
+            extensions: 1,
+            max_hold: None,
+        };
+        assert_eq!(parse_lock_info(&flat).unwrap(), Some(want.clone()));
+        let map = Value::Map(vec![
+            (bulk("fence"), Value::Int(1_795_326_391_278_776)),
+            (bulk("owner"), bulk("1a7674eb4ee78df7")),
+            (bulk("ttl"), Value::Int(4988)),
+            (bulk("acquired"), Value::Int(12)),
+            (bulk("extensions"), Value::Int(1)),
+            (bulk("maxhold"), Value::Int(50_000)),
+        ]);
+        let with_maxhold = LockView {
+            max_hold: Some(Duration::from_millis(50_000)),
+            ..want
+        };
+        assert_eq!(parse_lock_info(&map).unwrap(), Some(with_maxhold));
+        assert_eq!(parse_lock_info(&Value::Nil).unwrap(), None);
+        for garbage in [
+            Value::Int(3),
+            Value::Array(vec![bulk("ttl"), Value::Int(1)]),
+            Value::Array(vec![bulk("fence"), Value::Int(-1)]),
+        ] {
+            assert!(parse_lock_info(&garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn module_list_finds_the_lock_module() {
+        let entry = |name: &str, ver: i64| {
+            Value::Array(vec![
+                bulk("name"),
+                bulk(name),
+                bulk("ver"),
+                Value::Int(ver),
+                bulk("path"),
+                bulk("/x.so"),
+            ])
+        };
+        let list = Value::Array(vec![entry("ReJSON", 20_000), entry("lock", 1)]);
+        assert_eq!(module_version(&list, "lock"), Some(1));
+        assert_eq!(module_version(&list, "other"), None);
+        assert_eq!(module_version(&Value::Array(vec![]), "lock"), None);
+        let resp3 = Value::Array(vec![Value::Map(vec![
+            (bulk("name"), bulk("lock")),
+            (bulk("ver"), Value::Int(2)),
+        ])]);
+        assert_eq!(module_version(&resp3, "lock"), Some(2));
+    }
+
+    #[test]
+    fn server_version_prefers_valkey() {
+        let redis = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n";
+        assert_eq!(server_version(redis), "redis 7.0.15");
+        assert_eq!(info_field(redis, "run_id").as_deref(), Some("abc"));
+        let valkey =
+            "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.1.1\r\n";
+        assert_eq!(server_version(valkey), "valkey 8.1.1");
+        assert_eq!(server_version(""), "unknown server");
+    }
+
+    fn held(owner: &str, fence: u64) -> Result<Option<LockView>, NodeError> {
+        Ok(Some(LockView {
+            fence,
+            owner: owner.into(),
+            ..LockView::default()
+        }))
+    }
+
+    fn down() -> Result<Option<LockView>, NodeError> {
+        Err(NodeError::new(
+            0,
+            "x:1",
+            NodeErrorKind::Connect,
+            "refused".into(),
+        ))
+    }
+
+    #[test]
+    fn holder_is_decided_by_a_quorum() {
+        let views = |nodes| LockViews { nodes, quorum: 2 };
+        let cases = [
+            (
+                vec![held("aa", 5), held("aa", 7), down()],
+                Holder::Held {
+                    owner: "aa".into(),
+                    on: 2,
+                },
+                true,
+            ),
+            (
+                vec![Ok(None), Ok(None), Ok(None)],
+                Holder::Free { on: 3 },
+                false,
+            ),
+            (
+                vec![held("aa", 5), Ok(None), down()],
+                Holder::Undecided {
+                    top: Some(("aa".into(), 1)),
+                    free: 1,
+                },
+                false,
+            ),
+            (
+                vec![down(), down(), Ok(None)],
+                Holder::Undecided { top: None, free: 1 },
+                false,
+            ),
+        ];
+        for (nodes, want, differ) in cases {
+            let v = views(nodes);
+            assert_eq!(v.holder(), want);
+            assert_eq!(v.fences_differ(), differ);
+        }
+    }
+}
