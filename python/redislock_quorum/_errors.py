@@ -46,8 +46,11 @@ class LockTaken(LockError):
 
 
 class NodesUnavailable(LockError):
-    """Too few nodes answered to make up a quorum; ``node_errors`` says why, node by node."""
+    """Too few nodes answered to make up a quorum; ``node_errors`` says why,
+    node by node. ``retry_after`` (seconds) is set when the nodes are up but
+    refuse new grants for a while (TRYAGAIN: their rejoin or promotion delay)."""
 
+    retry_after: Optional[float] = None
     answered: int = 0
     quorum: int = 0
     nodes: int = 0

@@ -233,6 +233,23 @@ fn exception<'py>(py: Python<'py>, err: &Error) -> PyResult<Bound<'py, PyAny>> {
             kw.set_item("node_errors", node_failures(py, node_errors)?)?;
             "NodesUnavailable"
         }
+        Error::Refused {
+            resource,
+            retry_after,
+            quorum,
+            nodes,
+            node_errors,
+            ..
+        } => {
+            // The nodes are up but refuse new grants for a while (TRYAGAIN:
+            // their rejoin or promotion delay).
+            kw.set_item("key", resource)?;
+            kw.set_item("retry_after", retry_after.as_secs_f64())?;
+            kw.set_item("quorum", quorum)?;
+            kw.set_item("nodes", nodes)?;
+            kw.set_item("node_errors", node_failures(py, node_errors)?)?;
+            "NodesUnavailable"
+        }
         Error::Timeout {
             resource,
             waited,
