@@ -4,7 +4,7 @@ CARGO ?= cargo
 MODULE_DEBUG := target/debug/libredis_lock.so
 MODULE_RELEASE := target/release/libredis_lock.so
 
-.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client bench-handover clean dist install uninstall package
+.PHONY: help deps build release test lint fmt demo nodes nodes-stop bench bench-client bench-handover clean dist install uninstall package python python-test bench-python
 PREFIX ?= /usr/local
 
 help: ## Show this help
@@ -21,9 +21,17 @@ release: ## Build the module and tools in release mode (needs the Rust toolchain
 	@bash scripts/install-deps.sh --build
 	$(CARGO) build --release --workspace
 
-test: deps ## Run all the tests (unit, property, and against real Redis 7.0 / Redis 7.4 / Valkey 8 / Valkey 9)
+test: deps ## Run all the tests (unit, property, and against real Redis 7.0 / Redis 7.4 / Valkey 8 / Valkey 9), the Python package's included
 	$(CARGO) build -p redis-lock
 	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) $(CARGO) test --workspace --no-fail-fast
+	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) bash scripts/python.sh test
+
+python: ## Build the Python package's wheel (abi3, CPython >= 3.9) into target/wheels/
+	@bash scripts/python.sh wheel
+
+python-test: deps ## Build the Python package into .venv and run its tests against real nodes
+	$(CARGO) build -p redis-lock
+	REDIS_LOCK_MODULE=$(CURDIR)/$(MODULE_DEBUG) bash scripts/python.sh test
 
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
@@ -46,6 +54,9 @@ bench: deps release ## Benchmark the module against SET NX PX and the Lua script
 
 bench-client: deps release ## Acquire+release latency of the quorum client on 1 and 5 nodes, against rslock
 	@bash scripts/bench-client.sh
+
+bench-python: deps release ## Acquire+release p50/p99 on 5 nodes: the Python package vs the Rust client, pottery, python-redis-lock
+	@bash scripts/python.sh bench
 
 bench-handover: deps release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
 	@bash scripts/bench-handover.sh
