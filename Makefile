@@ -71,7 +71,7 @@ uninstall: ## Remove what `make install PREFIX=...` installed
 	@PREFIX=$(PREFIX) bash scripts/dist.sh uninstall
 
 package: ## cargo package the module, the client and the tool (what crates.io would get)
-	$(CARGO) package --workspace --exclude testkit
+	$(CARGO) package --workspace --exclude testkit --exclude redislock-quorum-python
 
 clean: ## Remove build output
 	$(CARGO) clean
