@@ -27,6 +27,16 @@ fn try_acquire(
         .map_err(|e| error_text(&e))
 }
 
+/// What an operator who knows no lease is outstanding does.
+fn end_the_delay(c: &mut redis::Connection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("lock.rejoin-delay-ms")
+        .arg("0")
+        .query(c)
+        .unwrap();
+}
+
 #[test]
 fn grants_are_refused_with_tryagain_until_the_delay_has_passed() {
     for flavor in testkit::flavors() {
@@ -93,12 +103,7 @@ fn a_holder_may_refresh_and_extend_a_lock_it_holds_during_the_delay() {
             .start();
         let mut c = server.conn();
         // Right after start the delay runs; end it for the setup.
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("lock.rejoin-delay-ms")
-            .arg("0")
-            .query(&mut c)
-            .unwrap();
+        end_the_delay(&mut c);
         let fence = acquire(&mut c, "held", "owner", 60_000).unwrap();
         server.shutdown_save();
         server.start_again();
@@ -121,12 +126,7 @@ fn a_holder_may_refresh_and_extend_a_lock_it_holds_during_the_delay() {
             .unwrap_err()
             .starts_with("TRYAGAIN"));
         // An operator may end the delay at once.
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("lock.rejoin-delay-ms")
-            .arg("0")
-            .query(&mut c)
-            .unwrap();
+        end_the_delay(&mut c);
         assert!(
             try_acquire(&mut c, "held", "other", 1000)
                 .unwrap()
@@ -198,12 +198,7 @@ fn the_default_is_off_only_when_the_aof_brought_the_state_back() {
             "{flavor}: after DEBUG RELOAD: {err}"
         );
         // The operator knows this node is new.
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("lock.rejoin-delay-ms")
-            .arg("0")
-            .query(&mut c)
-            .unwrap();
+        end_the_delay(&mut c);
         assert!(
             try_acquire(&mut c, "k", "a", 60_000).unwrap().is_some(),
             "{flavor}"
