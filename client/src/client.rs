@@ -13,8 +13,9 @@ use crate::background::Background;
 use crate::config::Config;
 use crate::error::{Error, LossReason, NodeError};
 use crate::lease::{Lease, Token};
-use crate::node::{Extended, Node};
+use crate::node::Node;
 use crate::nodeset::{self, fan_out, NodeMask};
+use crate::proto::{Acquire, Extend, Extended, Release};
 use crate::quorum::{self, Decision, Raise, Tally, Vote};
 use crate::round::{not_won, too_few_answers, Round};
 
@@ -366,7 +367,7 @@ impl Client {
             let mut pending = fan_out(&inner.nodes, nodeset::all, |node| {
                 let (resource, token) = (shared.clone(), token.clone());
                 async move {
-                    node.acquire(&resource, token.as_str(), ttl.millis, None)
+                    node.call(&Acquire::new(&resource, token.as_str(), ttl.millis))
                         .await
                 }
             });
@@ -514,8 +515,13 @@ impl Client {
         // limit, and from nodes that no longer hold it.
         let (mut hold_limited, mut not_held) = (0usize, 0usize);
         {
+            let request = Extend {
+                key: resource,
+                token,
+                ttl_ms: ttl.millis,
+            };
             let mut pending = fan_out(&inner.nodes, nodeset::all, |node| async move {
-                node.extend(resource, token, ttl.millis).await
+                node.call(&request).await
             });
             while let Some((i, answer)) = pending.next().await {
                 match answer {
@@ -642,7 +648,14 @@ impl Client {
         let ttl = self.check_ttl(ttl)?;
         let answers = nodeset::each(&self.inner.nodes, |n| {
             let token = token.clone();
-            async move { n.extend(resource, token.as_str(), ttl.millis).await }
+            async move {
+                let request = Extend {
+                    key: resource,
+                    token: token.as_str(),
+                    ttl_ms: ttl.millis,
+                };
+                n.call(&request).await
+            }
         })
         .await;
         let mut count = TokenCount::default();
@@ -747,8 +760,8 @@ async fn raise_fences(
             &inner.nodes,
             |i| below.contains(&i),
             |node| async move {
-                node.acquire(resource, token.as_str(), ttl.millis, Some(floor))
-                    .await
+                let request = Acquire::new(resource, token.as_str(), ttl.millis);
+                node.call(&request.fence(Some(floor))).await
             },
         );
         while let Some((i, answer)) = pending.next().await {
@@ -806,7 +819,13 @@ pub(crate) async fn release_nodes(
         |i| which.contains(i),
         |node| {
             let (resource, token) = (shared.clone(), token.clone());
-            async move { node.release(&resource, token.as_str()).await }
+            async move {
+                let request = Release {
+                    key: &resource,
+                    token: token.as_str(),
+                };
+                node.call(&request).await
+            }
         },
     );
     let mut out = Released::default();

@@ -13,6 +13,7 @@ use crate::client::Client;
 use crate::error::{Error, NodeError, NodeErrorKind};
 use crate::node::Node;
 use crate::nodeset::each;
+use crate::proto::{pairs, value_text, Info};
 
 /// A held lock as `LOCK.INFO` shows it on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -221,13 +222,7 @@ impl Client {
 }
 
 async fn node_lock(node: &Node, resource: &str) -> Result<Option<LockView>, NodeError> {
-    let mut cmd = redis::cmd("LOCK.INFO");
-    cmd.arg(resource);
-    let reply = node
-        .query(&cmd)
-        .await
-        .map_err(|e| e.about("LOCK.INFO", resource))?;
-    parse_lock_info(&reply).map_err(|what| node.protocol_error(what))
+    node.call(&Info { key: resource }).await
 }
 
 async fn probe_node(node: &Node, resource: Option<&str>) -> NodeHealth {
@@ -302,71 +297,6 @@ async fn probe_node(node: &Node, resource: Option<&str>) -> NodeHealth {
     health
 }
 
-pub(crate) fn value_text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::VerbatimString { text, .. } => text.clone(),
-        Value::Int(i) => i.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// The field/value pairs of a RESP2 flat array or a RESP3 map.
-fn pairs(v: &Value) -> Option<Vec<(String, &Value)>> {
-    match v {
-        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (value_text(k), v)).collect()),
-        Value::Array(items) => Some(
-            items
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [k, v] => Some((value_text(k), v)),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
-fn millis(i: i64) -> Duration {
-    Duration::from_millis(u64::try_from(i).unwrap_or(0))
-}
-
-/// A `LOCK.INFO` reply: nil when free, else the fields; the error says
-/// what did not parse.
-pub(crate) fn parse_lock_info(v: &Value) -> Result<Option<LockView>, String> {
-    if matches!(v, Value::Nil) {
-        return Ok(None);
-    }
-    let bad = || format!("LOCK.INFO answered {v:?}");
-    let fields = pairs(v).ok_or_else(bad)?;
-    let mut view = LockView::default();
-    let mut seen_fence = false;
-    for (name, value) in fields {
-        let int = match value {
-            Value::Int(i) => Some(*i),
-            _ => None,
-        };
-        match (name.as_str(), int) {
-            ("fence", Some(i)) => {
-                view.fence = u64::try_from(i).map_err(|_| bad())?;
-                seen_fence = true;
-            }
-            ("ttl", Some(i)) => view.ttl = millis(i),
-            ("acquired", Some(i)) => view.held_for = millis(i),
-            ("extensions", Some(i)) => view.extensions = u64::try_from(i).unwrap_or(0),
-            ("maxhold", Some(i)) => view.max_hold = Some(millis(i)),
-            ("owner", _) => view.owner = value_text(value),
-            _ => {}
-        }
-    }
-    if !seen_fence {
-        return Err(bad());
-    }
-    Ok(Some(view))
-}
-
 /// The version of module `name` in a `MODULE LIST` reply, `None` if it is
 /// not loaded.
 fn module_version(v: &Value, name: &str) -> Option<i64> {
@@ -412,52 +342,6 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn lock_info_from_resp2_and_resp3() {
-        let flat = Value::Array(vec![
-            bulk("acquired"),
-            Value::Int(12),
-            bulk("extensions"),
-            Value::Int(1),
-            bulk("fence"),
-            Value::Int(1_795_326_391_278_776),
-            bulk("owner"),
-            bulk("1a7674eb4ee78df7"),
-            bulk("ttl"),
-            Value::Int(4988),
-        ]);
-        let want = LockView {
-            fence: 1_795_326_391_278_776,
-            owner: "1a7674eb4ee78df7".into(),
-            ttl: Duration::from_millis(4988),
-            held_for: Duration::from_millis(12),
-            extensions: 1,
-            max_hold: None,
-        };
-        assert_eq!(parse_lock_info(&flat).unwrap(), Some(want.clone()));
-        let map = Value::Map(vec![
-            (bulk("fence"), Value::Int(1_795_326_391_278_776)),
-            (bulk("owner"), bulk("1a7674eb4ee78df7")),
-            (bulk("ttl"), Value::Int(4988)),
-            (bulk("acquired"), Value::Int(12)),
-            (bulk("extensions"), Value::Int(1)),
-            (bulk("maxhold"), Value::Int(50_000)),
-        ]);
-        let with_maxhold = LockView {
-            max_hold: Some(Duration::from_millis(50_000)),
-            ..want
-        };
-        assert_eq!(parse_lock_info(&map).unwrap(), Some(with_maxhold));
-        assert_eq!(parse_lock_info(&Value::Nil).unwrap(), None);
-        for garbage in [
-            Value::Int(3),
-            Value::Array(vec![bulk("ttl"), Value::Int(1)]),
-            Value::Array(vec![bulk("fence"), Value::Int(-1)]),
-        ] {
-            assert!(parse_lock_info(&garbage).is_err(), "{garbage:?}");
-        }
     }
 
     #[test]

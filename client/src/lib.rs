@@ -63,6 +63,7 @@ mod inspect;
 mod lease;
 mod node;
 mod nodeset;
+mod proto;
 mod quorum;
 mod round;
 
