@@ -92,6 +92,12 @@ impl LockViews {
         }
     }
 
+    /// Whether every node answered, a quorum did, or fewer.
+    pub fn health(&self) -> Health {
+        let answered = self.nodes.len() - self.failed();
+        Health::of(answered, self.nodes.len(), self.quorum)
+    }
+
     /// Whether the nodes holding the lock show different fences.
     pub fn fences_differ(&self) -> bool {
         let mut fences = self
@@ -100,6 +106,38 @@ impl LockViews {
             .filter_map(|s| s.as_ref().ok().and_then(Option::as_ref).map(|v| v.fence));
         let first = fences.next();
         fences.any(|f| Some(f) != first)
+    }
+}
+
+/// How a node set stands against its quorum: the one reading of "every
+/// node", "a quorum" and "fewer than a quorum" that the tools share (for
+/// nodes that answered `LOCK.INFO`, or that are healthy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Every node is fine.
+    All,
+    /// Some are not, but a quorum is: locks still work.
+    Quorum,
+    /// Fewer than a quorum are: locks cannot be taken or read reliably.
+    BelowQuorum,
+}
+
+impl Health {
+    /// `ok` of `nodes` nodes are fine, `quorum` of them are needed.
+    pub(crate) fn of(ok: usize, nodes: usize, quorum: usize) -> Health {
+        if ok >= nodes {
+            Health::All
+        } else if ok >= quorum {
+            Health::Quorum
+        } else {
+            Health::BelowQuorum
+        }
+    }
+
+    /// A quorum (or every node) is fine.
+    pub fn has_quorum(self) -> bool {
+        self != Health::BelowQuorum
     }
 }
 
@@ -170,6 +208,13 @@ impl Client {
             nodes,
             quorum: self.inner.config.quorum,
         }
+    }
+
+    /// Whether every node of `probes` (from [`Client::probe`]) is healthy,
+    /// a quorum is, or fewer.
+    pub fn health(&self, probes: &[NodeHealth]) -> Health {
+        let healthy = probes.iter().filter(|p| p.healthy()).count();
+        Health::of(healthy, self.inner.nodes.len(), self.inner.config.quorum)
     }
 
     /// Each node's health, and with `resource` the lock on it. Works with
@@ -393,6 +438,25 @@ mod tests {
             NodeErrorKind::Connect,
             "refused".into(),
         ))
+    }
+
+    #[test]
+    fn health_counts_against_the_quorum() {
+        let cases = [
+            ((3, 3, 2), Health::All, true),
+            ((2, 3, 2), Health::Quorum, true),
+            ((1, 3, 2), Health::BelowQuorum, false),
+            ((0, 1, 1), Health::BelowQuorum, false),
+            ((3, 5, 3), Health::Quorum, true),
+            ((2, 5, 3), Health::BelowQuorum, false),
+        ];
+        for ((ok, nodes, quorum), want, has) in cases {
+            let got = Health::of(ok, nodes, quorum);
+            assert_eq!(got, want, "{ok} of {nodes}, quorum {quorum}");
+            assert_eq!(got.has_quorum(), has);
+        }
+        let views = LockViews::new(vec![Ok(None), down(), held("aa", 1)], 2);
+        assert_eq!(views.health(), Health::Quorum);
     }
 
     #[test]
