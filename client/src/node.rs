@@ -275,11 +275,12 @@ impl Node {
         reply: Result<Value, NodeError>,
     ) -> Result<R::Reply, NodeError> {
         let reply = reply.map_err(|e| {
-            let e = match request.token() {
+            let (key, token) = request.target();
+            let e = match token {
                 Some(token) => e.redact(token),
                 None => e,
             };
-            e.about(R::NAME, request.key())
+            e.about(R::NAME, key)
         })?;
         request
             .decode(&reply)

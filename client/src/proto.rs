@@ -20,9 +20,9 @@ use crate::inspect::LockView;
 pub(crate) trait Request {
     type Reply;
     const NAME: &'static str;
-    fn key(&self) -> &str;
-    /// The token, if the request carries one: never shown in a message.
-    fn token(&self) -> Option<&str>;
+    /// The key, and the token if the request carries one (never shown in
+    /// a message).
+    fn target(&self) -> (&str, Option<&str>);
     /// The arguments after the key and the token.
     fn options(&self, _cmd: &mut Cmd) {}
     fn decode(&self, reply: &Value) -> Result<Self::Reply, Malformed>;
@@ -31,8 +31,9 @@ pub(crate) trait Request {
 /// The one encoder: `NAME key [token] options...`.
 pub(crate) fn encode<R: Request>(request: &R) -> Cmd {
     let mut cmd = redis::cmd(R::NAME);
-    cmd.arg(request.key());
-    if let Some(token) = request.token() {
+    let (key, token) = request.target();
+    cmd.arg(key);
+    if let Some(token) = token {
         cmd.arg(token);
     }
     request.options(&mut cmd);
@@ -109,12 +110,8 @@ impl Request for Acquire<'_> {
     type Reply = Option<u64>;
     const NAME: &'static str = "LOCK.ACQUIRE";
 
-    fn key(&self) -> &str {
-        self.key
-    }
-
-    fn token(&self) -> Option<&str> {
-        Some(self.token)
+    fn target(&self) -> (&str, Option<&str>) {
+        (self.key, Some(self.token))
     }
 
     fn options(&self, cmd: &mut Cmd) {
@@ -170,12 +167,8 @@ impl Request for Extend<'_> {
     type Reply = Extended;
     const NAME: &'static str = "LOCK.EXTEND";
 
-    fn key(&self) -> &str {
-        self.key
-    }
-
-    fn token(&self) -> Option<&str> {
-        Some(self.token)
+    fn target(&self) -> (&str, Option<&str>) {
+        (self.key, Some(self.token))
     }
 
     fn options(&self, cmd: &mut Cmd) {
@@ -203,12 +196,8 @@ impl Request for Release<'_> {
     type Reply = bool;
     const NAME: &'static str = "LOCK.RELEASE";
 
-    fn key(&self) -> &str {
-        self.key
-    }
-
-    fn token(&self) -> Option<&str> {
-        Some(self.token)
+    fn target(&self) -> (&str, Option<&str>) {
+        (self.key, Some(self.token))
     }
 
     fn decode(&self, reply: &Value) -> Result<bool, Malformed> {
@@ -230,12 +219,8 @@ impl Request for Info<'_> {
     type Reply = Option<LockView>;
     const NAME: &'static str = "LOCK.INFO";
 
-    fn key(&self) -> &str {
-        self.key
-    }
-
-    fn token(&self) -> Option<&str> {
-        None
+    fn target(&self) -> (&str, Option<&str>) {
+        (self.key, None)
     }
 
     fn decode(&self, reply: &Value) -> Result<Option<LockView>, Malformed> {
