@@ -40,8 +40,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// the redis-lock module (the Redlock quorum), with a fencing token that grows
 /// with every new holder.
 #[derive(Debug, Parser)]
-#[command(mut_subcommand("completions", without_node_flags))]
-#[command(mut_subcommand("man", without_node_flags))]
+#[command(mut_subcommands(without_node_flags))]
 #[command(name = "redis-lock", version, after_long_help = format!("{EXAMPLES}\n\n{}", crate::exit::TABLE))]
 pub struct Cli {
     #[command(flatten)]
@@ -124,6 +123,9 @@ pub struct Global {
 /// subcommand's own hidden copy of a global flag keeps clap from adding
 /// the shown one.
 fn without_node_flags(cmd: clap::Command) -> clap::Command {
+    if !matches!(cmd.get_name(), "completions" | "man") {
+        return cmd;
+    }
     let globals = Global::augment_args(clap::Command::new("globals"));
     globals.get_arguments().fold(cmd, |cmd, arg| {
         cmd.arg(arg.clone().global(false).hide(true))
