@@ -45,19 +45,15 @@ impl Round {
         i: usize,
         answer: Result<Option<u64>, NodeError>,
     ) -> Option<Decision> {
+        self.tally.record(vote(&answer));
         match answer {
             Ok(Some(fence)) => {
-                self.tally.record(Vote::Granted(fence));
                 let at = self.granted.partition_point(|(j, _)| *j < i);
                 self.granted.insert(at, (i, fence));
             }
-            Ok(None) => {
-                self.tally.record(Vote::Refused);
-                self.may_hold.remove(i);
-            }
+            Ok(None) => self.may_hold.remove(i),
             Err(e) => {
                 tracing::debug!(error = %e, "node failed");
-                self.tally.record(Vote::Failed);
                 // Never connected: the request did not go out, so there is
                 // nothing to release there.
                 if !e.may_have_reached() {
@@ -105,6 +101,16 @@ impl Round {
             short,
             self.errors,
         )
+    }
+}
+
+/// A node's answer to `LOCK.ACQUIRE` as a vote: granted with its fence,
+/// refused (another token holds it), or no usable answer.
+fn vote(answer: &Result<Option<u64>, NodeError>) -> Vote {
+    match answer {
+        Ok(Some(fence)) => Vote::Granted(*fence),
+        Ok(None) => Vote::Refused,
+        Err(_) => Vote::Failed,
     }
 }
 
@@ -156,17 +162,12 @@ impl RaiseRound {
         i: usize,
         answer: Result<Option<u64>, NodeError>,
     ) -> Option<Decision> {
+        self.raise.record(vote(&answer));
         match answer {
-            Ok(Some(fence)) => {
-                self.raise.record(Vote::Granted(fence));
-                if fence >= self.raise.floor() {
-                    self.holders.insert(i);
-                }
-            }
-            Ok(None) => self.raise.record(Vote::Refused),
+            Ok(Some(fence)) if fence >= self.raise.floor() => self.holders.insert(i),
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "fence raise failed on a node");
-                self.raise.record(Vote::Failed);
                 self.errors.push(e);
             }
         }
