@@ -40,6 +40,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// the redis-lock module (the Redlock quorum), with a fencing token that grows
 /// with every new holder.
 #[derive(Debug, Parser)]
+#[command(mut_subcommands(without_node_flags))]
 #[command(name = "redis-lock", version, after_long_help = format!("{EXAMPLES}\n\n{}", crate::exit::TABLE))]
 pub struct Cli {
     #[command(flatten)]
@@ -115,6 +116,20 @@ pub struct Global {
     /// the nodes' queues: no polling. Rarely needed, so not in --help.
     #[arg(long, env = "REDIS_LOCK_RETRY", global = true, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION", hide = true)]
     pub retry: Duration,
+}
+
+/// For the subcommands that talk to no node (`completions`, `man`): the
+/// global node flags stay accepted, but their help does not list them. A
+/// subcommand's own hidden copy of a global flag keeps clap from adding
+/// the shown one.
+fn without_node_flags(cmd: clap::Command) -> clap::Command {
+    if !matches!(cmd.get_name(), "completions" | "man") {
+        return cmd;
+    }
+    let globals = Global::augment_args(clap::Command::new("globals"));
+    globals.get_arguments().fold(cmd, |cmd, arg| {
+        cmd.arg(arg.clone().global(false).hide(true))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,6 +418,44 @@ mod tests {
         for args in cases {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn node_flags_are_not_listed_for_completions_or_man() {
+        let flags = [
+            "--timeout",
+            "--connect-timeout",
+            "--nodes",
+            "--username",
+            "--password",
+            "--tls-ca",
+            "--tls-cert",
+            "--retry",
+        ];
+        let mut cmd = Cli::command();
+        // As for a real --help: the global flags propagated first.
+        cmd.build();
+        for sub in ["completions", "man"] {
+            let help = cmd
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            for flag in flags {
+                assert!(!help.contains(flag), "{flag} under {sub} --help:\n{help}");
+            }
+        }
+        // Where they matter they are still listed, and still accepted anywhere.
+        let run = cmd
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(run.contains("--timeout") && run.contains("--connect-timeout"));
+        let cli = parse(&["completions", "bash", "--timeout", "1s"]).unwrap();
+        assert!(matches!(cli.command, Command::Completions(_)));
+        let cli = parse(&["--timeout", "2s", "completions", "zsh"]).unwrap();
+        assert_eq!(cli.global.timeout, Duration::from_secs(2));
     }
 
     #[test]

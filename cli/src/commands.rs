@@ -2,7 +2,7 @@
 //! status, completions.
 
 use clap::CommandFactory;
-use redis_lock_client::{Client, NodeErrorKind, Token};
+use redis_lock_client::{Client, Health, NodeErrorKind, Token};
 
 use crate::args::{AcquireArgs, Cli, ExtendArgs, Global, InfoArgs, ReleaseArgs, StatusArgs};
 use crate::exit::{self, Failure};
@@ -111,15 +111,14 @@ pub async fn release(g: &Global, a: ReleaseArgs) -> u8 {
     }
 }
 
-/// The one rule for `info` and `status`: 0 when every node is fine, 1 when
-/// a quorum is, else the failure of the nodes that are not.
-fn health_code(ok: usize, nodes: usize, quorum: usize, kinds: Vec<NodeErrorKind>) -> u8 {
-    if ok == nodes {
-        exit::OK
-    } else if ok >= quorum {
-        exit::DEGRADED
-    } else {
-        Failure::from_node_kinds(kinds).code()
+/// The one rule for `info` and `status`, from the client's verdict: 0 when
+/// every node is fine, 1 when a quorum is, else the failure of the nodes
+/// that are not.
+fn health_code(health: Health, kinds: Vec<NodeErrorKind>) -> u8 {
+    match health {
+        Health::All => exit::OK,
+        h if h.has_quorum() => exit::DEGRADED,
+        _ => Failure::from_node_kinds(kinds).code(),
     }
 }
 
@@ -135,8 +134,7 @@ pub async fn info(g: &Global, a: InfoArgs) -> u8 {
         .iter()
         .filter_map(|s| s.as_ref().err().map(|e| e.kind))
         .collect();
-    let answered = views.nodes.len() - views.failed();
-    health_code(answered, views.nodes.len(), views.quorum, kinds)
+    health_code(views.health(), kinds)
 }
 
 pub async fn status(g: &Global, a: StatusArgs) -> u8 {
@@ -145,16 +143,16 @@ pub async fn status(g: &Global, a: StatusArgs) -> u8 {
         Err(code) => return code,
     };
     let probes = client.probe(a.key.as_deref()).await;
-    let quorum = client.config().quorum();
+    let health = client.health(&probes);
     put(&output::status(
         &client.config().node_addrs(),
         &probes,
         a.key.as_deref(),
-        quorum,
+        client.config().quorum(),
+        health,
     ));
-    let healthy = probes.iter().filter(|p| p.healthy()).count();
     let kinds = probes.iter().filter_map(|p| p.failure_kind()).collect();
-    health_code(healthy, probes.len(), quorum, kinds)
+    health_code(health, kinds)
 }
 
 /// The manual page, from the same definition as `--help`.

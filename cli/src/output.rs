@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redis_lock_client::{Holder, LockView, LockViews, ModuleState, NodeError, NodeHealth};
+use redis_lock_client::{Health, Holder, LockView, LockViews, ModuleState, NodeError, NodeHealth};
 
 use crate::duration;
 
@@ -198,6 +198,7 @@ pub fn status(
     probes: &[NodeHealth],
     key: Option<&str>,
     quorum: usize,
+    health: Health,
 ) -> String {
     let mut header = ["node", "reachable", "server", "role", "module"]
         .map(String::from)
@@ -247,12 +248,10 @@ pub fn status(
     }
     let healthy = probes.iter().filter(|p| p.healthy()).count();
     let n = probes.len();
-    let verdict = if healthy == n {
-        "ok"
-    } else if healthy >= quorum {
-        "degraded: a quorum is healthy, locks still work"
-    } else {
-        "DOWN: fewer than a quorum healthy, locks cannot be taken"
+    let verdict = match health {
+        Health::All => "ok",
+        h if h.has_quorum() => "degraded: a quorum is healthy, locks still work",
+        _ => "DOWN: fewer than a quorum healthy, locks cannot be taken",
     };
     let mut out = table(&rows);
     for line in unreadable {

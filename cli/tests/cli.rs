@@ -578,7 +578,7 @@ fn status_and_info_show_each_node() {
 }
 
 #[test]
-fn completions_help_shows_one_line_per_shell_and_no_polling_flag() {
+fn completions_help_shows_one_line_per_shell_and_no_node_flags() {
     let mut help = tool("");
     help.args(["completions", "--help"]);
     let (code, out, _) = run_tool(help);
@@ -592,7 +592,12 @@ fn completions_help_shows_one_line_per_shell_and_no_polling_flag() {
             "{shell} not on a line of its own:\n{out}"
         );
     }
-    assert!(!out.contains("--retry"), "{out}");
+    for flag in ["--retry", "--timeout", "--connect-timeout", "--nodes"] {
+        assert!(
+            !out.contains(flag),
+            "{flag} under completions --help:\n{out}"
+        );
+    }
     let mut top = tool("");
     top.arg("--help");
     let (_, out, _) = run_tool(top);

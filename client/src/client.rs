@@ -11,12 +11,13 @@ use rand::Rng;
 
 use crate::background::Background;
 use crate::config::Config;
-use crate::error::{Error, LossReason, NodeError};
+use crate::error::{Error, NodeError};
 use crate::lease::{Lease, Token};
-use crate::node::{Extended, Node};
-use crate::nodeset::{self, fan_out, NodeMask};
-use crate::quorum::{self, Decision, Raise, Tally, Vote};
-use crate::round::{not_won, too_few_answers, Round};
+use crate::node::Node;
+use crate::nodeset::{self, drive, fan_out, NodeMask};
+use crate::proto::{Acquire, Extend, Release};
+use crate::quorum::{self, Decision};
+use crate::round::{Asker, RaiseRound, Round, TokenRound};
 
 mod queued;
 
@@ -72,15 +73,6 @@ impl fmt::Debug for Client {
             .field("quorum", &self.inner.config.quorum())
             .finish_non_exhaustive()
     }
-}
-
-/// Each node's answer to a request by a bare token.
-#[derive(Default)]
-struct TokenCount {
-    held: usize,
-    not_held: usize,
-    hold_limited: usize,
-    errors: Vec<NodeError>,
 }
 
 /// A TTL as the client uses it: whole milliseconds, as sent to the nodes.
@@ -366,18 +358,12 @@ impl Client {
             let mut pending = fan_out(&inner.nodes, nodeset::all, |node| {
                 let (resource, token) = (shared.clone(), token.clone());
                 async move {
-                    node.acquire(&resource, token.as_str(), ttl.millis, None)
+                    node.call(&Acquire::new(&resource, token.as_str(), ttl.millis))
                         .await
                 }
             });
-            let mut decided = None;
-            while let Some((i, answer)) = pending.next().await {
-                decided = round.note(i, answer);
-                if decided.is_some() {
-                    break;
-                }
-            }
-            if decided == Some(Decision::Won) {
+            drive(&mut pending, |i, answer| round.note(i, answer).is_some()).await;
+            if round.decision() == Some(Decision::Won) {
                 if !pending.is_empty() {
                     // Won: let the slower nodes' requests go out and finish,
                     // so the lock is held on every node that can take it,
@@ -395,9 +381,11 @@ impl Client {
                 // nodes out first costs nothing, and tells which nodes
                 // another client holds and which were free (a waiter queues
                 // only where it is held).
-                while let Some((i, answer)) = pending.next().await {
-                    let _ = round.note(i, answer);
-                }
+                drive(&mut pending, |i, answer| {
+                    round.note(i, answer);
+                    false
+                })
+                .await;
             }
         }
         let now = Instant::now();
@@ -417,27 +405,22 @@ impl Client {
                 && quorum::valid_until(started, ttl.duration, drift, now).is_some()
             {
                 let raised = raise_fences(inner, resource, token, ttl, &granted).await;
-                match raised.raise.fence() {
-                    Some(raised_fence) => {
-                        fence = raised_fence;
-                        nodes = raised.holders;
-                    }
-                    None => {
+                let t = raised.tally().clone();
+                let floor = raised.floor();
+                match raised.outcome(resource, n, round.into_errors()) {
+                    Ok((raised_fence, holders)) => (fence, nodes) = (raised_fence, holders),
+                    Err(e) => {
                         release_nodes(inner, resource, token, may_hold, Wait::All).await;
-                        let t = raised.raise.tally();
                         tracing::debug!(
                             resource,
-                            floor = raised.raise.floor(),
+                            floor,
                             confirmed = t.granted(),
                             refused = t.refused(),
                             failed = t.failed(),
                             elapsed = ?started.elapsed(),
                             "fence raise failed, released"
                         );
-                        let mut errors = round.into_errors();
-                        errors.extend(raised.errors);
-                        let t = raised.raise.tally();
-                        return Err(not_won(resource, t, n, t.failed() > 0, errors));
+                        return Err(e);
                     }
                 }
             }
@@ -497,101 +480,55 @@ impl Client {
     ///   valid until its current deadline; try again).
     pub async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<(), Error> {
         let ttl = self.check_ttl(ttl)?;
-        let inner = &self.inner;
-        let n = inner.nodes.len();
         let started = Instant::now();
+        let expired = || Error::Expired {
+            resource: lease.resource.clone(),
+        };
         if started >= lease.valid_until {
-            return Err(Error::Expired {
-                resource: lease.resource.clone(),
-            });
+            return Err(expired());
         }
-        let resource = lease.resource.as_str();
-        let token = lease.token.as_str();
-        let mut tally = Tally::new(n, inner.config.quorum);
-        let mut extended_nodes = Vec::new();
-        let mut errors = Vec::new();
-        // Refusals from nodes that hold our token but are at their hold
-        // limit, and from nodes that no longer hold it.
-        let (mut hold_limited, mut not_held) = (0usize, 0usize);
-        {
-            let mut pending = fan_out(&inner.nodes, nodeset::all, |node| async move {
-                node.extend(resource, token, ttl.millis).await
-            });
-            while let Some((i, answer)) = pending.next().await {
-                match answer {
-                    Ok(Extended::Yes) => {
-                        tally.record(Vote::Granted(0));
-                        extended_nodes.push(i);
-                    }
-                    Ok(Extended::NotHeld) => {
-                        not_held += 1;
-                        tally.record(Vote::Refused);
-                    }
-                    Ok(Extended::HoldLimit) => {
-                        hold_limited += 1;
-                        tally.record(Vote::Refused);
-                    }
-                    Err(e) => {
-                        tally.record(Vote::Failed);
-                        errors.push(e);
-                    }
-                }
-                if tally.decision().is_some() {
-                    break;
-                }
-            }
-        }
+        let round = self
+            .by_token(&lease.resource, &lease.token, ttl, Until::Decided)
+            .await;
         let now = Instant::now();
         if now >= lease.valid_until {
-            return Err(Error::Expired {
+            return Err(expired());
+        }
+        let nodes = round.verdict(&lease.resource, Asker::Lease)?;
+        let drift = self.inner.config.drift(ttl.duration);
+        let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now) else {
+            return Err(Error::NoValidityLeft {
                 resource: lease.resource.clone(),
+                ttl: ttl.duration,
+                elapsed: now.saturating_duration_since(started),
             });
-        }
-        match tally.decision() {
-            Some(Decision::Won) => {
-                let drift = inner.config.drift(ttl.duration);
-                let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now)
-                else {
-                    return Err(Error::NoValidityLeft {
-                        resource: lease.resource.clone(),
-                        ttl: ttl.duration,
-                        elapsed: now.saturating_duration_since(started),
-                    });
-                };
-                extended_nodes.sort_unstable();
-                lease.valid_until = valid_until;
-                lease.renewed_at = started;
-                lease.ttl = ttl.duration;
-                lease.nodes = extended_nodes;
-                tracing::debug!(resource, "extended");
-                Ok(())
-            }
-            _ if tally.refused_beyond_spare() => {
-                tracing::debug!(
-                    resource,
-                    refused = tally.refused(),
-                    "extension refused: lock lost"
-                );
-                // The nodes that no longer hold it would not have been
-                // enough to lose it: the hold limit is what ended it.
-                let spare = tally.nodes().saturating_sub(tally.quorum());
-                let reason = if hold_limited > 0 && not_held <= spare {
-                    LossReason::HoldLimit
-                } else {
-                    LossReason::NotHeld
-                };
-                Err(Error::Lost {
-                    resource: lease.resource.clone(),
-                    reason,
-                })
-            }
-            _ => Err(too_few_answers(
-                &lease.resource,
-                tally.granted() + tally.refused(),
-                (tally.quorum(), tally.nodes()),
-                errors,
-            )),
-        }
+        };
+        lease.valid_until = valid_until;
+        lease.renewed_at = started;
+        lease.ttl = ttl.duration;
+        lease.nodes = nodes;
+        tracing::debug!(resource = %lease.resource, "extended");
+        Ok(())
+    }
+
+    /// `LOCK.EXTEND` by `token` on every node, in parallel, fed to a
+    /// [`TokenRound`] until it is decided or every node answered.
+    async fn by_token(&self, resource: &str, token: &Token, ttl: Ttl, until: Until) -> TokenRound {
+        let inner = &self.inner;
+        let mut round = TokenRound::new(inner.nodes.len(), inner.config.quorum);
+        let request = Extend {
+            key: resource,
+            token: token.as_str(),
+            ttl_ms: ttl.millis,
+        };
+        let mut pending = fan_out(&inner.nodes, nodeset::all, |node| async move {
+            node.call(&request).await
+        });
+        drive(&mut pending, |i, answer| {
+            round.note(i, answer).is_some() && until == Until::Decided
+        })
+        .await;
+        round
     }
 
     /// Releases the lock on every node (idempotent) and reports how many
@@ -640,22 +577,8 @@ impl Client {
     ) -> Result<usize, Error> {
         Self::check_resource(resource)?;
         let ttl = self.check_ttl(ttl)?;
-        let answers = nodeset::each(&self.inner.nodes, |n| {
-            let token = token.clone();
-            async move { n.extend(resource, token.as_str(), ttl.millis).await }
-        })
-        .await;
-        let mut count = TokenCount::default();
-        for answer in answers {
-            match answer {
-                Ok(Extended::Yes) => count.held += 1,
-                Ok(Extended::NotHeld) => count.not_held += 1,
-                Ok(Extended::HoldLimit) => count.hold_limited += 1,
-                Err(e) => count.errors.push(e),
-            }
-        }
-        let held = count.held;
-        self.token_verdict(resource, count).map(|()| held)
+        let round = self.by_token(resource, token, ttl, Until::All).await;
+        round.verdict(resource, Asker::Token).map(|on| on.len())
     }
 
     /// Releases a lock held by `token` (handed over from another process)
@@ -665,120 +588,43 @@ impl Client {
     pub async fn release_token(&self, resource: &str, token: &Token) -> Result<Released, Error> {
         Self::check_resource(resource)?;
         let all = NodeMask::all(self.inner.nodes.len());
-        let released = release_nodes(&self.inner, resource, token, all, Wait::All).await;
-        let count = TokenCount {
-            held: released.held,
-            not_held: released.not_held,
-            hold_limited: 0,
-            errors: released.failed.clone(),
-        };
-        self.token_verdict(resource, count).map(|()| released)
-    }
-
-    /// Whether a token held a lock on a quorum, from each node's answer.
-    fn token_verdict(&self, resource: &str, c: TokenCount) -> Result<(), Error> {
-        let (quorum, nodes) = (self.inner.config.quorum, self.inner.nodes.len());
-        let spare = nodes.saturating_sub(quorum);
-        if c.held >= quorum {
-            Ok(())
-        } else if c.not_held + c.hold_limited > spare {
-            if c.hold_limited > 0 && c.not_held <= spare {
-                Err(Error::Lost {
-                    resource: resource.to_owned(),
-                    reason: LossReason::HoldLimit,
-                })
-            } else {
-                Err(Error::NotHeld {
-                    resource: resource.to_owned(),
-                    held: c.held,
-                    not_held: c.not_held + c.hold_limited,
-                    quorum,
-                    nodes,
-                    node_errors: c.errors,
-                })
-            }
-        } else {
-            Err(too_few_answers(
-                resource,
-                c.held + c.not_held + c.hold_limited,
-                (quorum, nodes),
-                c.errors,
-            ))
-        }
+        let (round, pending) = release_round(&self.inner, resource, token, all, Wait::All).await;
+        let released = round.released(pending);
+        round.verdict(resource, Asker::Token).map(|_| released)
     }
 }
 
-/// The outcome of a raise round: the tally and the nodes that hold the
-/// floor for our token (those granted it in the round, and those that
-/// confirmed the raise).
-struct Raised {
-    raise: Raise,
-    holders: Vec<usize>,
-    errors: Vec<NodeError>,
+/// How long a round by token listens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until the outcome is certain.
+    Decided,
+    /// For every node's answer (each bounded by the node timeouts).
+    All,
 }
 
-/// The raise round of a fenced acquisition (see [`Raise`]): sends
+/// The raise round of a fenced acquisition (see [`RaiseRound`]): sends
 /// `LOCK.ACQUIRE resource token ttl FENCE T` to every granting node whose
 /// fence is below `T`, in parallel, each bounded by the per-node timeouts,
-/// and stops as soon as the outcome is certain.
+/// and stops as soon as the outcome is certain. The stragglers' raises, if
+/// sent, land or not; either way the lease does not count on them.
 async fn raise_fences(
     inner: &Inner,
     resource: &str,
     token: &Token,
     ttl: Ttl,
     granted: &[(usize, u64)],
-) -> Raised {
-    let fences: Vec<u64> = granted.iter().map(|(_, f)| *f).collect();
-    let mut raise = Raise::new(inner.config.quorum, &fences);
-    let floor = raise.floor();
-    let mut holders: Vec<usize> = granted
-        .iter()
-        .filter(|(_, f)| !raise.needs_raise(*f))
-        .map(|(i, _)| *i)
-        .collect();
-    let mut errors = Vec::new();
-    if raise.decision().is_none() {
-        let below: Vec<usize> = granted
-            .iter()
-            .filter(|(_, f)| raise.needs_raise(*f))
-            .map(|(i, _)| *i)
-            .collect();
-        let mut pending = fan_out(
-            &inner.nodes,
-            |i| below.contains(&i),
-            |node| async move {
-                node.acquire(resource, token.as_str(), ttl.millis, Some(floor))
-                    .await
-            },
-        );
-        while let Some((i, answer)) = pending.next().await {
-            match answer {
-                Ok(Some(fence)) => {
-                    raise.record(Vote::Granted(fence));
-                    if fence >= floor {
-                        holders.push(i);
-                    }
-                }
-                Ok(None) => raise.record(Vote::Refused),
-                Err(e) => {
-                    tracing::debug!(resource, error = %e, "fence raise failed on a node");
-                    raise.record(Vote::Failed);
-                    errors.push(e);
-                }
-            }
-            if raise.decision().is_some() {
-                break;
-            }
-        }
-        // As in the round: the stragglers' raises, if sent, land or not;
-        // either way the lease does not count on them.
-    }
-    holders.sort_unstable();
-    Raised {
-        raise,
-        holders,
-        errors,
-    }
+) -> RaiseRound {
+    let mut raise = RaiseRound::new(inner.config.quorum, granted);
+    let (to_raise, floor) = (raise.to_raise(), raise.floor());
+    let request = Acquire::new(resource, token.as_str(), ttl.millis).fence(Some(floor));
+    let mut pending = fan_out(
+        &inner.nodes,
+        |i| to_raise.contains(i),
+        |node| async move { node.call(&request).await },
+    );
+    drive(&mut pending, |i, answer| raise.note(i, answer).is_some()).await;
+    raise
 }
 
 /// When a release round may stop waiting.
@@ -800,40 +646,56 @@ pub(crate) async fn release_nodes(
     which: NodeMask,
     wait: Wait,
 ) -> Released {
+    let (round, pending) = release_round(inner, resource, token, which, wait).await;
+    round.released(pending)
+}
+
+/// `LOCK.RELEASE` to the selected nodes in parallel, fed to a
+/// [`TokenRound`]; with how many answers were left to the background.
+async fn release_round(
+    inner: &Arc<Inner>,
+    resource: &str,
+    token: &Token,
+    which: NodeMask,
+    wait: Wait,
+) -> (TokenRound, usize) {
     let shared: Arc<str> = Arc::from(resource);
     let mut pending = fan_out(
         &inner.nodes,
         |i| which.contains(i),
         |node| {
             let (resource, token) = (shared.clone(), token.clone());
-            async move { node.release(&resource, token.as_str()).await }
+            async move {
+                let request = Release {
+                    key: &resource,
+                    token: token.as_str(),
+                };
+                node.call(&request).await
+            }
         },
     );
-    let mut out = Released::default();
-    while let Some((_, answer)) = pending.next().await {
-        match answer {
-            Ok(true) => out.held += 1,
-            Ok(false) => out.not_held += 1,
-            Err(e) => out.failed.push(e),
-        }
-        // Without a tokio runtime to leave them to, wait for every node.
-        if wait == Wait::Quorum
-            && out.held + out.not_held >= inner.config.quorum
-            && !pending.is_empty()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            out.pending = pending.len();
-            let resource = shared.clone();
-            inner.background.spawn(None, async move {
-                while let Some((_, answer)) = pending.next().await {
-                    if let Err(e) = answer {
-                        tracing::debug!(resource = %resource, error = %e, "late release failed");
-                    }
+    let quorum = inner.config.quorum;
+    let mut round = TokenRound::new(inner.nodes.len(), quorum);
+    // Without a tokio runtime to leave the stragglers to, wait for every
+    // node.
+    let may_leave = wait == Wait::Quorum && tokio::runtime::Handle::try_current().is_ok();
+    drive(&mut pending, |i, answer| {
+        round.note(i, answer);
+        may_leave && round.answered() >= quorum
+    })
+    .await;
+    let left = pending.len();
+    if left > 0 {
+        let resource = shared.clone();
+        inner.background.spawn(None, async move {
+            while let Some((_, answer)) = pending.next().await {
+                if let Err(e) = answer {
+                    tracing::debug!(resource = %resource, error = %e, "late release failed");
                 }
-            });
-            break;
-        }
+            }
+        });
     }
+    let out = round.released(left);
     tracing::debug!(
         resource,
         held = out.held,
@@ -842,5 +704,5 @@ pub(crate) async fn release_nodes(
         pending = out.pending,
         "released"
     );
-    out
+    (round, left)
 }

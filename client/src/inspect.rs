@@ -13,6 +13,7 @@ use crate::client::Client;
 use crate::error::{Error, NodeError, NodeErrorKind};
 use crate::node::Node;
 use crate::nodeset::each;
+use crate::proto::{pairs, value_text, Info};
 
 /// A held lock as `LOCK.INFO` shows it on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,6 +92,12 @@ impl LockViews {
         }
     }
 
+    /// Whether every node answered, a quorum did, or fewer.
+    pub fn health(&self) -> Health {
+        let answered = self.nodes.len() - self.failed();
+        Health::of(answered, self.nodes.len(), self.quorum)
+    }
+
     /// Whether the nodes holding the lock show different fences.
     pub fn fences_differ(&self) -> bool {
         let mut fences = self
@@ -99,6 +106,38 @@ impl LockViews {
             .filter_map(|s| s.as_ref().ok().and_then(Option::as_ref).map(|v| v.fence));
         let first = fences.next();
         fences.any(|f| Some(f) != first)
+    }
+}
+
+/// How a node set stands against its quorum: the one reading of "every
+/// node", "a quorum" and "fewer than a quorum" that the tools share (for
+/// nodes that answered `LOCK.INFO`, or that are healthy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Every node is fine.
+    All,
+    /// Some are not, but a quorum is: locks still work.
+    Quorum,
+    /// Fewer than a quorum are: locks cannot be taken or read reliably.
+    BelowQuorum,
+}
+
+impl Health {
+    /// `ok` of `nodes` nodes are fine, `quorum` of them are needed.
+    pub(crate) fn of(ok: usize, nodes: usize, quorum: usize) -> Health {
+        if ok >= nodes {
+            Health::All
+        } else if ok >= quorum {
+            Health::Quorum
+        } else {
+            Health::BelowQuorum
+        }
+    }
+
+    /// A quorum (or every node) is fine.
+    pub fn has_quorum(self) -> bool {
+        self != Health::BelowQuorum
     }
 }
 
@@ -171,6 +210,13 @@ impl Client {
         }
     }
 
+    /// Whether every node of `probes` (from [`Client::probe`]) is healthy,
+    /// a quorum is, or fewer.
+    pub fn health(&self, probes: &[NodeHealth]) -> Health {
+        let healthy = probes.iter().filter(|p| p.healthy()).count();
+        Health::of(healthy, self.inner.nodes.len(), self.inner.config.quorum)
+    }
+
     /// Each node's health, and with `resource` the lock on it. Works with
     /// the least-privileged user the docs recommend: what it may not read
     /// is reported as such, and the module is then told by `LOCK.INFO`.
@@ -221,13 +267,7 @@ impl Client {
 }
 
 async fn node_lock(node: &Node, resource: &str) -> Result<Option<LockView>, NodeError> {
-    let mut cmd = redis::cmd("LOCK.INFO");
-    cmd.arg(resource);
-    let reply = node
-        .query(&cmd)
-        .await
-        .map_err(|e| e.about("LOCK.INFO", resource))?;
-    parse_lock_info(&reply).map_err(|what| node.protocol_error(what))
+    node.call(&Info { key: resource }).await
 }
 
 async fn probe_node(node: &Node, resource: Option<&str>) -> NodeHealth {
@@ -302,71 +342,6 @@ async fn probe_node(node: &Node, resource: Option<&str>) -> NodeHealth {
     health
 }
 
-pub(crate) fn value_text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::VerbatimString { text, .. } => text.clone(),
-        Value::Int(i) => i.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// The field/value pairs of a RESP2 flat array or a RESP3 map.
-fn pairs(v: &Value) -> Option<Vec<(String, &Value)>> {
-    match v {
-        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (value_text(k), v)).collect()),
-        Value::Array(items) => Some(
-            items
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [k, v] => Some((value_text(k), v)),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
-fn millis(i: i64) -> Duration {
-    Duration::from_millis(u64::try_from(i).unwrap_or(0))
-}
-
-/// A `LOCK.INFO` reply: nil when free, else the fields; the error says
-/// what did not parse.
-pub(crate) fn parse_lock_info(v: &Value) -> Result<Option<LockView>, String> {
-    if matches!(v, Value::Nil) {
-        return Ok(None);
-    }
-    let bad = || format!("LOCK.INFO answered {v:?}");
-    let fields = pairs(v).ok_or_else(bad)?;
-    let mut view = LockView::default();
-    let mut seen_fence = false;
-    for (name, value) in fields {
-        let int = match value {
-            Value::Int(i) => Some(*i),
-            _ => None,
-        };
-        match (name.as_str(), int) {
-            ("fence", Some(i)) => {
-                view.fence = u64::try_from(i).map_err(|_| bad())?;
-                seen_fence = true;
-            }
-            ("ttl", Some(i)) => view.ttl = millis(i),
-            ("acquired", Some(i)) => view.held_for = millis(i),
-            ("extensions", Some(i)) => view.extensions = u64::try_from(i).unwrap_or(0),
-            ("maxhold", Some(i)) => view.max_hold = Some(millis(i)),
-            ("owner", _) => view.owner = value_text(value),
-            _ => {}
-        }
-    }
-    if !seen_fence {
-        return Err(bad());
-    }
-    Ok(Some(view))
-}
-
 /// The version of module `name` in a `MODULE LIST` reply, `None` if it is
 /// not loaded.
 fn module_version(v: &Value, name: &str) -> Option<i64> {
@@ -412,52 +387,6 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn lock_info_from_resp2_and_resp3() {
-        let flat = Value::Array(vec![
-            bulk("acquired"),
-            Value::Int(12),
-            bulk("extensions"),
-            Value::Int(1),
-            bulk("fence"),
-            Value::Int(1_795_326_391_278_776),
-            bulk("owner"),
-            bulk("1a7674eb4ee78df7"),
-            bulk("ttl"),
-            Value::Int(4988),
-        ]);
-        let want = LockView {
-            fence: 1_795_326_391_278_776,
-            owner: "1a7674eb4ee78df7".into(),
-            ttl: Duration::from_millis(4988),
-            held_for: Duration::from_millis(12),
-            extensions: 1,
-            max_hold: None,
-        };
-        assert_eq!(parse_lock_info(&flat).unwrap(), Some(want.clone()));
-        let map = Value::Map(vec![
-            (bulk("fence"), Value::Int(1_795_326_391_278_776)),
-            (bulk("owner"), bulk("1a7674eb4ee78df7")),
-            (bulk("ttl"), Value::Int(4988)),
-            (bulk("acquired"), Value::Int(12)),
-            (bulk("extensions"), Value::Int(1)),
-            (bulk("maxhold"), Value::Int(50_000)),
-        ]);
-        let with_maxhold = LockView {
-            max_hold: Some(Duration::from_millis(50_000)),
-            ..want
-        };
-        assert_eq!(parse_lock_info(&map).unwrap(), Some(with_maxhold));
-        assert_eq!(parse_lock_info(&Value::Nil).unwrap(), None);
-        for garbage in [
-            Value::Int(3),
-            Value::Array(vec![bulk("ttl"), Value::Int(1)]),
-            Value::Array(vec![bulk("fence"), Value::Int(-1)]),
-        ] {
-            assert!(parse_lock_info(&garbage).is_err(), "{garbage:?}");
-        }
     }
 
     #[test]
@@ -509,6 +438,25 @@ mod tests {
             NodeErrorKind::Connect,
             "refused".into(),
         ))
+    }
+
+    #[test]
+    fn health_counts_against_the_quorum() {
+        let cases = [
+            ((3, 3, 2), Health::All, true),
+            ((2, 3, 2), Health::Quorum, true),
+            ((1, 3, 2), Health::BelowQuorum, false),
+            ((0, 1, 1), Health::BelowQuorum, false),
+            ((3, 5, 3), Health::Quorum, true),
+            ((2, 5, 3), Health::BelowQuorum, false),
+        ];
+        for ((ok, nodes, quorum), want, has) in cases {
+            let got = Health::of(ok, nodes, quorum);
+            assert_eq!(got, want, "{ok} of {nodes}, quorum {quorum}");
+            assert_eq!(got.has_quorum(), has);
+        }
+        let views = LockViews::new(vec![Ok(None), down(), held("aa", 1)], 2);
+        assert_eq!(views.health(), Health::Quorum);
     }
 
     #[test]

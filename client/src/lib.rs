@@ -63,6 +63,7 @@ mod inspect;
 mod lease;
 mod node;
 mod nodeset;
+mod proto;
 mod quorum;
 mod round;
 
@@ -74,5 +75,5 @@ pub use config::{
 };
 pub use error::{human_duration, Error, LossReason, NodeError, NodeErrorKind};
 pub use guard::{HeldLease, LockGuard};
-pub use inspect::{Holder, LockView, LockViews, ModuleState, NodeHealth};
+pub use inspect::{Health, Holder, LockView, LockViews, ModuleState, NodeHealth};
 pub use lease::{Lease, Token, MAX_TOKEN_LEN, TOKEN_BYTES};

@@ -10,6 +10,7 @@ use tokio::time::timeout;
 
 use crate::config::{NodeSpec, Tls};
 use crate::error::{Error, NodeError, NodeErrorKind};
+use crate::proto::{self, Acquire, Request};
 
 /// The cached connection and a generation number, so that a request that
 /// saw the connection break drops that connection and not a newer one.
@@ -26,15 +27,6 @@ pub(crate) struct Node {
     slot: Mutex<Slot>,
     connect_timeout: Duration,
     request_timeout: Duration,
-}
-
-/// A node's answer to `LOCK.EXTEND`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Extended {
-    Yes,
-    NotHeld,
-    /// Our token holds it, but the node's hold limit is reached.
-    HoldLimit,
 }
 
 /// Where in a request a failure happened: it decides how it is reported.
@@ -269,78 +261,37 @@ impl Node {
         }
     }
 
-    pub(crate) fn protocol_error(&self, what: String) -> NodeError {
-        self.error(NodeErrorKind::Protocol, what)
+    /// One `LOCK.*` request: encoded, sent, its reply decoded. A reply
+    /// outside the module's contract is a protocol error; an error names
+    /// the command and the key, never the token.
+    pub(crate) async fn call<R: Request>(&self, request: &R) -> Result<R::Reply, NodeError> {
+        let reply = self.query(&proto::encode(request)).await;
+        self.answer(request, reply)
     }
 
-    fn protocol(&self, what: &str, value: &Value) -> NodeError {
-        self.error(
-            NodeErrorKind::Protocol,
-            format!("{what} answered {value:?}"),
-        )
-    }
-
-    /// `LOCK.ACQUIRE key token ttl-ms [FENCE floor]`: the fence if our token
-    /// now holds the lock, `None` if another token holds it. With a floor
-    /// (at least 1), the lock's fence and the node's counter are raised to
-    /// it (owner-checked: a lock held by another token is left alone).
-    pub(crate) async fn acquire(
+    fn answer<R: Request>(
         &self,
-        key: &str,
-        token: &str,
-        ttl_ms: u64,
-        floor: Option<u64>,
-    ) -> Result<Option<u64>, NodeError> {
-        let mut cmd = redis::cmd("LOCK.ACQUIRE");
-        cmd.arg(key).arg(token).arg(ttl_ms);
-        if let Some(floor) = floor {
-            cmd.arg("FENCE").arg(floor);
-        }
-        let reply = self.query(&cmd).await;
-        match reply.map_err(|e| about(e, "LOCK.ACQUIRE", key, token))? {
-            Value::Nil => Ok(None),
-            // The module never grants below the floor it was given.
-            Value::Int(fence) => u64::try_from(fence)
-                .ok()
-                .filter(|f| floor.is_none_or(|floor| *f >= floor))
-                .map(Some)
-                .ok_or_else(|| self.protocol("LOCK.ACQUIRE", &Value::Int(fence))),
-            other => Err(self.protocol("LOCK.ACQUIRE", &other)),
-        }
+        request: &R,
+        reply: Result<Value, NodeError>,
+    ) -> Result<R::Reply, NodeError> {
+        let reply = reply.map_err(|e| {
+            let (key, token) = request.target();
+            let e = match token {
+                Some(token) => e.redact(token),
+                None => e,
+            };
+            e.about(R::NAME, key)
+        })?;
+        request
+            .decode(&reply)
+            .map_err(|m| self.error(NodeErrorKind::Protocol, m.0))
     }
 
-    /// `LOCK.EXTEND key token ttl-ms`: 1 extended, 0 not held by our token,
-    /// -1 held by our token but at its hold limit (not extended).
-    pub(crate) async fn extend(
-        &self,
-        key: &str,
-        token: &str,
-        ttl_ms: u64,
-    ) -> Result<Extended, NodeError> {
-        let mut cmd = redis::cmd("LOCK.EXTEND");
-        cmd.arg(key).arg(token).arg(ttl_ms);
-        let reply = self.query(&cmd).await;
-        match reply.map_err(|e| about(e, "LOCK.EXTEND", key, token))? {
-            Value::Int(1) => Ok(Extended::Yes),
-            Value::Int(0) => Ok(Extended::NotHeld),
-            Value::Int(-1) => Ok(Extended::HoldLimit),
-            other => Err(self.protocol("LOCK.EXTEND", &other)),
-        }
-    }
-
-    /// `LOCK.RELEASE key token`: whether our token held it.
-    pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool, NodeError> {
-        let mut cmd = redis::cmd("LOCK.RELEASE");
-        cmd.arg(key).arg(token);
-        self.flag("LOCK.RELEASE", &cmd)
-            .await
-            .map_err(|e| about(e, "LOCK.RELEASE", key, token))
-    }
-
-    /// `LOCK.ACQUIRE key token ttl-ms WAIT wait-ms` on a connection of its
-    /// own: a blocked command holds up every later request on its
-    /// connection, so it must not use the shared one. Dropping the future
-    /// closes the connection, which takes the waiter out of the node's queue.
+    /// `LOCK.ACQUIRE key token ttl-ms WAIT wait-ms TICKET ticket` on a
+    /// connection of its own: a blocked command holds up every later
+    /// request on its connection, so it must not use the shared one.
+    /// Dropping the future closes the connection, which takes the waiter
+    /// out of the node's queue.
     pub(crate) async fn acquire_waiting(
         &self,
         key: &str,
@@ -374,38 +325,19 @@ impl Node {
                     .unsent())
             }
         };
-        let mut cmd = redis::cmd("LOCK.ACQUIRE");
-        cmd.arg(key)
-            .arg(token)
-            .arg(ttl_ms)
-            .arg("WAIT")
-            .arg(wait_ms)
-            .arg("TICKET")
-            .arg(ticket);
+        let request = Acquire::new(key, token, ttl_ms).wait(wait_ms, Some(ticket));
         sent.store(true, std::sync::atomic::Ordering::Relaxed);
         let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
-        match timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
+        let reply = match timeout(
+            limit,
+            proto::encode(&request).query_async::<Value>(&mut conn),
+        )
+        .await
+        {
             Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),
-            Ok(Err(e)) => Err(about(
-                self.classify(&e, Phase::Request),
-                "LOCK.ACQUIRE",
-                key,
-                token,
-            )),
-            Ok(Ok(Value::Nil)) => Ok(None),
-            Ok(Ok(Value::Int(fence))) => u64::try_from(fence)
-                .map(Some)
-                .map_err(|_| self.protocol("LOCK.ACQUIRE", &Value::Int(fence))),
-            Ok(Ok(other)) => Err(self.protocol("LOCK.ACQUIRE", &other)),
-        }
-    }
-
-    async fn flag(&self, what: &str, cmd: &Cmd) -> Result<bool, NodeError> {
-        match self.query(cmd).await? {
-            Value::Int(1) => Ok(true),
-            Value::Int(0) => Ok(false),
-            other => Err(self.protocol(what, &other)),
-        }
+            Ok(reply) => reply.map_err(|e| self.classify(&e, Phase::Request)),
+        };
+        self.answer(&request, reply)
     }
 }
 
@@ -433,12 +365,6 @@ fn open(spec: &NodeSpec, tls: Option<&Tls>) -> redis::RedisResult<redis::Client>
     }
     let _ = tls;
     redis::Client::open(spec.info.clone())
-}
-
-/// A node error of request `what` on `key`: the token never shown, and a
-/// permission error naming the command and the key.
-fn about(e: NodeError, what: &str, key: &str, token: &str) -> NodeError {
-    e.redact(token).about(what, key)
 }
 
 /// The time left in a `TRYAGAIN` refusal: `... refused for another 1234 ms ...`.

@@ -39,6 +39,21 @@ pub(crate) async fn each<Fut: Future>(
     answers.into_iter().map(|(_, answer)| answer).collect()
 }
 
+/// Feeds each answer of `pending` to `note` as it comes, until `note`
+/// says the round is decided (true) or every answer is in; whether it was
+/// decided. What is still pending stays in `pending`.
+pub(crate) async fn drive<Fut: Future>(
+    pending: &mut FuturesUnordered<Tagged<Fut>>,
+    mut note: impl FnMut(usize, Fut::Output) -> bool,
+) -> bool {
+    while let Some((i, answer)) = pending.next().await {
+        if note(i, answer) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Every node.
 pub(crate) fn all(_: usize) -> bool {
     true
@@ -78,6 +93,13 @@ impl NodeMask {
     }
 }
 
+impl NodeMask {
+    /// The nodes of the set among `0..n`, in order.
+    pub(crate) fn iter(self, n: usize) -> impl Iterator<Item = usize> {
+        (0..n.min(Self::MAX)).filter(move |&i| self.contains(i))
+    }
+}
+
 impl FromIterator<usize> for NodeMask {
     fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Self {
         let mut mask = NodeMask::default();
@@ -102,5 +124,7 @@ mod tests {
         m.remove(3);
         m.insert(64); // out of range: ignored
         assert_eq!(m, [0, 63].into_iter().collect());
+        assert_eq!(m.iter(64).collect::<Vec<_>>(), [0, 63]);
+        assert_eq!(m.iter(10).collect::<Vec<_>>(), [0]);
     }
 }

@@ -97,10 +97,11 @@ def test_protocol_md_names_every_command_form_the_client_sends() -> None:
         "LOCK.RELEASE <key> <token>",
     ):
         assert form in text, form
-    # And the Rust client still sends exactly those arguments.
-    node_rs = (ROOT / "client" / "src" / "node.rs").read_text()
+    # And the Rust client still sends exactly those arguments (its one
+    # encoder of LOCK.* requests).
+    proto_rs = (ROOT / "client" / "src" / "proto.rs").read_text()
     for needle in ('"LOCK.ACQUIRE"', '"FENCE"', '"WAIT"', '"TICKET"', '"LOCK.EXTEND"', '"LOCK.RELEASE"'):
-        assert needle in node_rs, needle
+        assert needle in proto_rs, needle
 
 
 @pytest.mark.parametrize("doc", ["COMMANDS.md", "PROTOCOL.md"])
