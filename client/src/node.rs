@@ -11,6 +11,8 @@ use tokio::time::timeout;
 use crate::config::{NodeSpec, Tls};
 use crate::error::{Error, NodeError, NodeErrorKind};
 
+mod waiting;
+
 /// The cached connection and a generation number, so that a request that
 /// saw the connection break drops that connection and not a newer one.
 #[derive(Default)]
@@ -24,6 +26,8 @@ pub(crate) struct Node {
     pub(crate) label: String,
     client: redis::Client,
     slot: Mutex<Slot>,
+    /// The connections that `LOCK.ACQUIRE ... WAIT` blocks, kept apart.
+    waits: waiting::WaitPool,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -59,6 +63,7 @@ impl Node {
             label: spec.label.clone(),
             client,
             slot: Mutex::new(Slot::default()),
+            waits: waiting::WaitPool::default(),
             connect_timeout,
             request_timeout,
         })
@@ -93,6 +98,9 @@ impl Node {
     /// Whether a connection is open (or being made): a request cut off
     /// without one was never sent.
     pub(crate) fn may_be_connected(&self) -> bool {
+        if self.waits.ever_opened() {
+            return true;
+        }
         match self.slot.try_lock() {
             Ok(slot) => slot.conn.is_some(),
             Err(_) => true,
@@ -335,69 +343,6 @@ impl Node {
         self.flag("LOCK.RELEASE", &cmd)
             .await
             .map_err(|e| about(e, "LOCK.RELEASE", key, token))
-    }
-
-    /// `LOCK.ACQUIRE key token ttl-ms WAIT wait-ms` on a connection of its
-    /// own: a blocked command holds up every later request on its
-    /// connection, so it must not use the shared one. Dropping the future
-    /// closes the connection, which takes the waiter out of the node's queue.
-    pub(crate) async fn acquire_waiting(
-        &self,
-        key: &str,
-        token: &str,
-        ttl_ms: u64,
-        wait_ms: u64,
-        ticket: u64,
-        sent: &std::sync::atomic::AtomicBool,
-    ) -> Result<Option<u64>, NodeError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None);
-        let mut conn = match timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                let e = self.classify(&e, Phase::Connect);
-                return Err(self.with_refusal(e).await.unsent());
-            }
-            Err(_) => {
-                return Err(self
-                    .error(
-                        NodeErrorKind::Timeout,
-                        format!("no connection within {:?}", self.connect_timeout),
-                    )
-                    .unsent())
-            }
-        };
-        let mut cmd = redis::cmd("LOCK.ACQUIRE");
-        cmd.arg(key)
-            .arg(token)
-            .arg(ttl_ms)
-            .arg("WAIT")
-            .arg(wait_ms)
-            .arg("TICKET")
-            .arg(ticket);
-        sent.store(true, std::sync::atomic::Ordering::Relaxed);
-        let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
-        match timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
-            Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),
-            Ok(Err(e)) => Err(about(
-                self.classify(&e, Phase::Request),
-                "LOCK.ACQUIRE",
-                key,
-                token,
-            )),
-            Ok(Ok(Value::Nil)) => Ok(None),
-            Ok(Ok(Value::Int(fence))) => u64::try_from(fence)
-                .map(Some)
-                .map_err(|_| self.protocol("LOCK.ACQUIRE", &Value::Int(fence))),
-            Ok(Ok(other)) => Err(self.protocol("LOCK.ACQUIRE", &other)),
-        }
     }
 
     async fn flag(&self, what: &str, cmd: &Cmd) -> Result<bool, NodeError> {
