@@ -145,6 +145,17 @@ fn contender(args: &[String]) {
             writeln!(stdout, "{l}").unwrap();
         }
         writeln!(stdout, "failures {failures}").unwrap();
+        if std::env::var_os("HANDOVER_CPU").is_some() {
+            // SAFETY: a valid, writable rusage.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+            let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+            eprintln!(
+                "contender cpu user {} us sys {} us",
+                us(ru.ru_utime),
+                us(ru.ru_stime)
+            );
+        }
     });
 }
 
@@ -358,7 +369,12 @@ fn main() {
     }
     cases.push((5, Mode::Queued, Some("+1d")));
     cases.push((5, Mode::Queued, Some("-1d")));
+    // HANDOVER_CASES=queued (say) runs only the rows whose name has it.
+    let only = std::env::var("HANDOVER_CASES").unwrap_or_default();
     for (nodes, mode, skew) in cases {
+        if !only.is_empty() && mode.name() != only {
+            continue;
+        }
         let r = run(&set, nodes, mode, contenders, hold, secs, skew);
         let checks = format!(
             "excl {} fence {} fail {}",

@@ -358,12 +358,16 @@ impl Node {
 /// `rediss://` node. rustls needs a process-wide crypto provider: ring is
 /// installed unless the program installed one itself.
 fn open(spec: &NodeSpec, tls: Option<&Tls>) -> redis::RedisResult<redis::Client> {
+    // Requests are small and latency is the point: no Nagle delay (the
+    // redis crate leaves it on by default).
+    let tcp = spec.info.tcp_settings().clone().set_nodelay(true);
+    let info = spec.info.clone().set_tcp_settings(tcp);
     #[cfg(feature = "tls")]
     if matches!(spec.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         if let Some(tls) = tls {
             return redis::Client::build_with_tls(
-                spec.info.clone(),
+                info,
                 redis::TlsCertificates {
                     client_tls: tls.client.clone().map(|(client_cert, client_key)| {
                         redis::ClientTlsConfig {
@@ -377,7 +381,7 @@ fn open(spec: &NodeSpec, tls: Option<&Tls>) -> redis::RedisResult<redis::Client>
         }
     }
     let _ = tls;
-    redis::Client::open(spec.info.clone())
+    redis::Client::open(info)
 }
 
 /// A node error of request `what` on `key`: the token never shown, and a
