@@ -40,7 +40,7 @@
 //! depends on tickets.
 
 use super::{raise_fences, release_nodes, Client, Ttl, Wait};
-use crate::error::Error;
+use crate::error::{Error, NodeErrorKind};
 use crate::lease::{Lease, Token};
 use crate::nodeset::{self, fan_out, NodeMask};
 use crate::quorum::{self, Decision};
@@ -294,7 +294,13 @@ impl Client {
         sent: &Arc<[AtomicBool]>,
     ) -> Queued {
         let inner = &self.inner;
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        // The nodes end their waits a little before the budget does, so that
+        // a node that answers says "not granted" (nil) before the round is
+        // cut off, and only a node that does not answer counts as failed.
+        let margin = inner.config.request_timeout.min(wait / 4);
+        let wait_ms = u64::try_from(wait.saturating_sub(margin).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let key: Arc<str> = Arc::from(resource);
         let mut round = Round::new(inner.nodes.len(), inner.config.quorum);
         let mut pending = fan_out(&inner.nodes, nodeset::all, |node| {
@@ -308,6 +314,7 @@ impl Client {
             )
         });
         let mut split_at: Option<tokio::time::Instant> = None;
+        let mut answered = NodeMask::default();
         let outcome = loop {
             let split = split_at.unwrap_or(deadline).min(deadline);
             let answer = tokio::select! {
@@ -316,10 +323,20 @@ impl Client {
             };
             let Some((i, answer)) = answer else {
                 if tokio::time::Instant::now() >= deadline || split_at.is_none() {
+                    // The budget ran out: a node that has not answered by
+                    // now failed (it does not answer, or not in time).
+                    for node in inner.nodes.iter().filter(|n| !answered.contains(n.index)) {
+                        let late = node.error(
+                            NodeErrorKind::Timeout,
+                            format!("no answer within the wait of {wait:?}"),
+                        );
+                        let _ = round.note(node.index, Err(late));
+                    }
                     break Queued::Lost(round.error(resource));
                 }
                 break Queued::Split(round.error(resource));
             };
+            answered.insert(i);
             match round.note(i, answer) {
                 Some(Decision::Won) => break Queued::Quorum(round.granted()),
                 Some(Decision::Lost) => break Queued::Lost(round.error(resource)),
