@@ -98,7 +98,8 @@ def test_protocol_md_names_every_command_form_the_client_sends() -> None:
     ):
         assert form in text, form
     # And the Rust client still sends exactly those arguments.
-    node_rs = (ROOT / "client" / "src" / "node.rs").read_text()
+    src = ROOT / "client" / "src"
+    node_rs = "".join(p.read_text() for p in [src / "node.rs", *sorted((src / "node").glob("*.rs"))])
     for needle in ('"LOCK.ACQUIRE"', '"FENCE"', '"WAIT"', '"TICKET"', '"LOCK.EXTEND"', '"LOCK.RELEASE"'):
         assert needle in node_rs, needle
 
