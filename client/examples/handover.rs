@@ -335,6 +335,93 @@ fn run(
     }
 }
 
+/// The floor of a hand-over on the first `nodes` nodes, no client: one
+/// thread per node blocked on a raw `LOCK.ACQUIRE ... WAIT`, the holder
+/// writing `LOCK.RELEASE` to every node; the time to the quorum-th reply.
+fn raw_floor(set: &NodeSet, nodes: usize, samples: usize) -> (Duration, Duration) {
+    use std::io::Read;
+    use std::net::TcpStream;
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        let mut v = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            v.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        v
+    }
+    fn reply(s: &mut TcpStream) {
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0 && buf[0] != b'-',
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let connect = || -> Vec<TcpStream> {
+        set.nodes[..nodes]
+            .iter()
+            .map(|s| {
+                let c = TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+                c.set_nodelay(true).unwrap();
+                c
+            })
+            .collect()
+    };
+    let quorum = nodes / 2 + 1;
+    let (mut holder, mut waiters) = (connect(), connect());
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        for h in &mut holder {
+            h.write_all(&cmd(&["LOCK.ACQUIRE", "bench:raw", &a, "10000"]))
+                .unwrap();
+            reply(h);
+        }
+        for w in &mut waiters {
+            w.write_all(&cmd(&[
+                "LOCK.ACQUIRE",
+                "bench:raw",
+                &b,
+                "10000",
+                "WAIT",
+                "5000",
+            ]))
+            .unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let blocked: Vec<_> = waiters
+            .drain(..)
+            .map(|mut w| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    reply(&mut w);
+                    tx.send(mono_ns()).unwrap();
+                    w
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2));
+        let released = mono_ns();
+        for h in &mut holder {
+            h.write_all(&cmd(&["LOCK.RELEASE", "bench:raw", &a]))
+                .unwrap();
+        }
+        let mut got: Vec<u64> = (0..nodes).map(|_| rx.recv().unwrap()).collect();
+        got.sort_unstable();
+        lat.push(got[quorum - 1].saturating_sub(released));
+        for h in &mut holder {
+            reply(h);
+        }
+        waiters = blocked.into_iter().map(|t| t.join().unwrap()).collect();
+        for w in &mut waiters {
+            w.write_all(&cmd(&["LOCK.RELEASE", "bench:raw", &b]))
+                .unwrap();
+            reply(w);
+        }
+    }
+    (quantile(&mut lat, 0.5), quantile(&mut lat, 0.99))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("contender") {
@@ -396,6 +483,15 @@ fn main() {
             r.skewed.map_or("-".to_owned(), |s| s.to_string()),
             r.commands,
             r.connections,
+        );
+    }
+    if only.is_empty() || only == "floor" {
+        let (p1, q1) = raw_floor(&set, 1, 400);
+        let (p5, q5) = raw_floor(&set, 5, 400);
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "floor, no client (raw LOCK.RELEASE -> quorum-th WAIT reply, a thread per node): 1 node {:.0} / {:.0} us, 5 nodes {:.0} / {:.0} us (p50 / p99; 5-node p50 {:.1}x the 1-node one)",
+            us(p1), us(q1), us(p5), us(q5), us(p5) / us(p1)
         );
     }
 }
