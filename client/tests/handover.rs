@@ -304,3 +304,66 @@ async fn a_grant_racing_the_end_of_the_wait_is_not_left_behind() {
     }
     eprintln!("won {won}, gave up {lost}");
 }
+
+/// The holder's lock runs out (no release) after longer than the waiter's
+/// TTL: the queues hand the waiter the lock, but the grant is as old as
+/// its wait says, so a plain round with the same token confirms it (a
+/// refresh on every node that handed it over), and the lease is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_after_a_wait_longer_than_the_ttl_is_confirmed_by_a_refresh() {
+    let set = NodeSet::start(5, testkit::first_flavor());
+    for s in &set.nodes {
+        assert!(lockcmd::acquire(&mut s.conn(), "late", "holder", 700).is_some());
+    }
+    let w = client(&set.urls());
+    let mut stats = Stats::new(&set);
+    let refreshes = |stats: &mut Stats| -> i64 {
+        stats
+            .0
+            .iter_mut()
+            .map(|c| testkit::info_field(c, "lock", "lock_reacquisitions"))
+            .sum()
+    };
+    let before = refreshes(&mut stats);
+    let lease = w.acquire("late", 500 * MS, 5_000 * MS).await.unwrap();
+    assert!(!lease.remaining().is_zero());
+    assert!(refreshes(&mut stats) - before >= 3, "confirmed on a quorum");
+    w.release(&lease).await.unwrap();
+    assert!(w.settle(Duration::from_secs(2)).await);
+}
+
+/// A prompt hand-over needs no confirming round: no refresh, no extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_hand_over_needs_no_confirming_round() {
+    let set = NodeSet::start(5, testkit::first_flavor());
+    let (a, b) = (client(&set.urls()), client(&set.urls()));
+    let held = a.acquire("prompt", 10_000 * MS, 1_000 * MS).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let lease = b.acquire("prompt", 10_000 * MS, 5_000 * MS).await.unwrap();
+        b.release(&lease).await.unwrap();
+        assert!(b.settle(Duration::from_secs(2)).await);
+    });
+    testkit::eventually(Duration::from_secs(5), "queued everywhere", || {
+        set.nodes
+            .iter()
+            .all(|s| lockcmd::info_on(s, "prompt").is_some_and(|i| i["waiters"] == 1))
+            .then_some(())
+    });
+    let mut stats = Stats::new(&set);
+    let field = |stats: &mut Stats, name: &str| -> i64 {
+        stats
+            .0
+            .iter_mut()
+            .map(|c| testkit::info_field(c, "lock", name))
+            .sum()
+    };
+    let (refreshes, extensions) = (
+        field(&mut stats, "lock_reacquisitions"),
+        field(&mut stats, "lock_extensions"),
+    );
+    a.release(&held).await.unwrap();
+    waiting.await.unwrap();
+    assert_eq!(field(&mut stats, "lock_reacquisitions"), refreshes);
+    assert_eq!(field(&mut stats, "lock_extensions"), extensions);
+    assert!(field(&mut stats, "lock_handovers") >= 3);
+}

@@ -11,8 +11,8 @@
 //! deadline is at least the attempt's start + TTL, and validity counts from
 //! that start exactly as for a plain round. The fences are raised only if
 //! the granting nodes gave different ones; a grant whose validity has worn
-//! below half the TTL (a long wait) is extended once, which anchors it to
-//! the extension's start. A contended grant on five nodes thus costs five
+//! below half the TTL (a long wait) is confirmed by a plain round with the
+//! same token (a refresh where we hold it), which anchors it to now. A contended grant on five nodes thus costs five
 //! `WAIT`s and, later, the holder's five releases.
 //!
 //! Across nodes the queues can hand the lock to different clients (a split:
@@ -357,8 +357,10 @@ impl Client {
     /// The lease of a queue round that a quorum granted (`granted`: node,
     /// fence), its validity counted from `attempt`, the instant before the
     /// round's first request: each grant came after its request was sent.
-    /// Fences that differ are raised first; a validity worn below half the
-    /// TTL by a long wait is renewed by one extension.
+    /// Fences that differ are raised first. A grant whose validity a long
+    /// wait has worn below half the TTL (or away) is confirmed instead by a
+    /// plain round with the same token: a refresh where the queues handed
+    /// us the lock, which anchors validity and fence to now.
     async fn queued_lease(
         &self,
         resource: &str,
@@ -370,11 +372,16 @@ impl Client {
         let inner = &self.inner;
         let n = inner.nodes.len();
         let drift = inner.config.drift(ttl.duration);
+        let now = Instant::now();
+        let fresh = quorum::valid_until(attempt, ttl.duration, drift, now)
+            .is_some_and(|until| until.saturating_duration_since(now) >= ttl.duration / 2);
+        if !fresh {
+            tracing::debug!(resource, waited = ?now.saturating_duration_since(attempt), "confirming a late grant");
+            return self.acquire_round(resource, token, ttl).await;
+        }
         let mut fence = granted.iter().map(|(_, f)| *f).max().unwrap_or_default();
         let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
-        if inner.config.fenced
-            && quorum::valid_until(attempt, ttl.duration, drift, Instant::now()).is_some()
-        {
+        if inner.config.fenced {
             let raised = raise_fences(inner, resource, token, ttl, granted).await;
             match raised.raise.fence() {
                 Some(raised_fence) => {
@@ -395,7 +402,8 @@ impl Client {
                 elapsed: now.saturating_duration_since(attempt),
             });
         };
-        let mut lease = Lease {
+        tracing::debug!(resource, fence, ?nodes, "acquired in the queues");
+        Ok(Lease {
             resource: resource.to_owned(),
             token: token.clone(),
             fence,
@@ -404,14 +412,6 @@ impl Client {
             valid_until,
             ttl: ttl.duration,
             nodes,
-        };
-        if valid_until.saturating_duration_since(now) < ttl.duration / 2 {
-            // Granted after a long wait: the grants may be as old as the
-            // wait, so the validity is renewed from now.
-            tracing::debug!(resource, waited = ?now.saturating_duration_since(attempt), "extending a late grant");
-            self.extend(&mut lease, ttl.duration).await?;
-        }
-        tracing::debug!(resource, fence, nodes = ?lease.nodes, "acquired in the queues");
-        Ok(lease)
+        })
     }
 }
