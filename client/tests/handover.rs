@@ -333,10 +333,20 @@ async fn a_grant_after_a_wait_longer_than_the_ttl_is_confirmed_by_a_refresh() {
 }
 
 /// A prompt hand-over needs no confirming round: no refresh, no extension.
+/// (Unfenced clients: a fence raise, when the nodes' fences differ, is a
+/// refresh of its own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_hand_over_needs_no_confirming_round() {
     let set = NodeSet::start(5, testkit::first_flavor());
-    let (a, b) = (client(&set.urls()), client(&set.urls()));
+    let unfenced = || {
+        let config = Config::builder(set.urls())
+            .request_timeout(50 * MS)
+            .fenced(false)
+            .build()
+            .unwrap();
+        Client::new(config).unwrap()
+    };
+    let (a, b) = (unfenced(), unfenced());
     let held = a.acquire("prompt", 10_000 * MS, 1_000 * MS).await.unwrap();
     let waiting = tokio::spawn(async move {
         let lease = b.acquire("prompt", 10_000 * MS, 5_000 * MS).await.unwrap();
