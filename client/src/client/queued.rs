@@ -24,8 +24,8 @@
 //! `LOCK.RELEASE` also ends the token's own waits on a node, so that one
 //! command per node takes back both the grants and the waits of an attempt,
 //! whatever order they race in; the waits still out then answer nil and
-//! their connections go back to the pool. The window starts at one request
-//! timeout (at least 10 ms) and doubles with each consecutive split, up to a
+//! their connections go back to the pool. The window starts at a fifth of
+//! the request timeout (10 ms by default, at least 2 ms) and doubles with each consecutive split, up to a
 //! quarter of the TTL (at most 2 s): a split among waiters resolves in
 //! milliseconds, while a long wait does not churn through rounds.
 //!
@@ -148,11 +148,11 @@ impl Client {
         let started = Instant::now();
         let backoff = self.inner.config.backoff();
         let mut attempts: u32 = 0;
-        let first_window = self
-            .inner
-            .config
-            .request_timeout
-            .max(Duration::from_millis(10));
+        // A hand-over's grants come within the spread of one round trip to
+        // the nodes, far inside a request timeout: a fifth of it (10 ms by
+        // default) tells a split without making a start-up race (clients
+        // starting at once on a free lock) cost a whole request timeout.
+        let first_window = (self.inner.config.request_timeout / 5).max(Duration::from_millis(2));
         let max_window = (ttl.duration / 4)
             .min(Duration::from_secs(2))
             .max(first_window);
@@ -229,7 +229,7 @@ impl Client {
                 // The tickets already order the queues: a short random pause
                 // is enough, and the window grows so a long wait stays calm.
                 split_window = (split_window * 2).min(max_window);
-                let pause = first_window.mul_f64(rand::rng().random::<f64>());
+                let pause = first_window.mul_f64(rand::rng().random::<f64>() / 2.0);
                 if started.elapsed() + pause < wait {
                     tokio::time::sleep(pause).await;
                     continue;
