@@ -58,7 +58,7 @@ bench-client: deps release ## Acquire+release latency of the quorum client on 1 
 bench-python: deps release ## Acquire+release p50/p99 on 5 nodes: the Python package vs the Rust client, pottery, python-redis-lock
 	@bash scripts/python.sh bench
 
-bench-handover: deps release ## Hand-over latency and fairness: waiting in the nodes' queues vs polling (and rslock)
+bench-handover: deps release ## Contended locks/s, hand-over, fairness, commands and connections per grant: queued vs polling vs rslock
 	@bash scripts/bench-handover.sh
 
 dist: release ## Release tarball with the module, the tool, man page, completions, docs, licences; and dist/SHA256SUMS

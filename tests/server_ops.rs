@@ -174,6 +174,55 @@ fn timed_out_waits_leave_no_memory_behind() {
     }
 }
 
+/// Waits that their own token's `LOCK.RELEASE` ends (a quorum client
+/// giving up) leave nothing behind: the handle, the timer, the queue entry.
+#[test]
+fn waits_cancelled_by_their_token_leave_no_memory_behind() {
+    const WAITS: usize = 400;
+    for flavor in testkit::flavors() {
+        let server = Server::start(flavor);
+        let mut c = server.conn();
+        acquire(&mut c, "k", "holder", 240_000).unwrap();
+        let mut w = server.conn();
+        let mut round = |c: &mut Connection, n: usize| {
+            for i in 0..n {
+                let token = format!("w{i}");
+                let wait = redis::cmd("LOCK.ACQUIRE")
+                    .arg("k")
+                    .arg(&token)
+                    .arg(60_000)
+                    .arg("WAIT")
+                    .arg(60_000)
+                    .arg("TICKET")
+                    .arg(i)
+                    .get_packed_command();
+                w.send_packed_command(&wait).unwrap();
+                eventually(Duration::from_secs(5), "queued", || {
+                    (waiters_on(c, "k") == 1).then_some(())
+                });
+                assert_eq!(release(c, "k", &token), 0, "{flavor}: it held nothing");
+                let reply: Value = w.recv_response().unwrap();
+                assert_eq!(reply, Value::Nil, "{flavor}: the wait ended with nil");
+            }
+        };
+        round(&mut c, 50); // warm-up
+        let before = used_memory(&mut c);
+        round(&mut c, WAITS);
+        let after = used_memory(&mut c);
+        eprintln!("{flavor}: {before} -> {after} bytes after {WAITS} cancelled waits");
+        assert!(
+            after - before < 128 * 1024,
+            "{flavor}: {WAITS} cancelled waits kept {} bytes",
+            after - before
+        );
+        assert_eq!(waiters_on(&mut c, "k"), 0);
+        let stats = testkit::lockcmd::stats(&mut c);
+        assert_eq!(stats["waits_cancelled"], 450);
+        assert_eq!(stats["wait_timeouts"], 0);
+        assert_eq!(stats["waiters"], 0);
+    }
+}
+
 /// Waiters that disconnect or are killed (`CLIENT KILL`) leave nothing
 /// behind either.
 #[test]

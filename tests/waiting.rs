@@ -286,6 +286,63 @@ fn tickets_order_the_queue() {
     }
 }
 
+/// A client giving up on an acquisition sends `LOCK.RELEASE` with its token
+/// to every node: where it waits, the wait ends (nil), so the lock goes to
+/// the next waiter, not to a client that has left.
+#[test]
+fn release_by_a_waiting_token_ends_its_wait_and_the_next_waiter_is_served() {
+    for flavor in testkit::flavors() {
+        let server = Server::start(flavor);
+        let mut c = server.conn();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
+        let quitter = wait_in_thread(&server, "k", "b", 60_000, 30_000);
+        wait_for_waiters(&mut c, "k", 1);
+        let next = wait_in_thread(&server, "k", "c", 60_000, 30_000);
+        wait_for_waiters(&mut c, "k", 2);
+        assert_eq!(release(&mut c, "k", "b"), 0, "{flavor}: b held nothing");
+        let (got, _) = quitter.join().unwrap();
+        assert_eq!(got, None, "{flavor}: b's wait ended with nil");
+        wait_for_waiters(&mut c, "k", 1);
+        assert_eq!(release(&mut c, "k", "a"), 1);
+        assert!(next.join().unwrap().0.is_some(), "{flavor}");
+        assert_eq!(owner(&mut c, "k").unwrap(), lock_owner_of("c"));
+    }
+}
+
+/// A ticket from the future orders like the node's time of arrival: a
+/// client whose clock runs a day ahead waits its turn, it is not put behind
+/// every later waiter.
+#[test]
+fn a_ticket_from_the_future_counts_as_the_time_of_arrival() {
+    for flavor in testkit::flavors() {
+        let server = Server::start(flavor);
+        let mut c = server.conn();
+        acquire(&mut c, "k", "a", 60_000).unwrap();
+        let day_ahead = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            + 86_400_000_000;
+        let mut w = server.conn();
+        let ahead = thread::spawn(move || {
+            acquire_with(
+                &mut w,
+                "k",
+                "ahead",
+                60_000,
+                &["WAIT", "20000", "TICKET", &day_ahead.to_string()],
+            )
+        });
+        wait_for_waiters(&mut c, "k", 1);
+        let later = wait_in_thread(&server, "k", "later", 60_000, 20_000);
+        wait_for_waiters(&mut c, "k", 2);
+        assert_eq!(release(&mut c, "k", "a"), 1);
+        assert!(ahead.join().unwrap().is_some(), "{flavor}: first come");
+        assert_eq!(release(&mut c, "k", "ahead"), 1);
+        assert!(later.join().unwrap().0.is_some(), "{flavor}");
+    }
+}
+
 #[test]
 fn max_waiters_bounds_the_queue() {
     for flavor in testkit::flavors() {

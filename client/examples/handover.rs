@@ -1,7 +1,19 @@
-//! Hand-over latency (from the holder's release to the next holder's grant)
-//! and throughput of a lock passed among contenders, waiting in the nodes'
-//! queues (`LOCK.ACQUIRE ... WAIT`) against polling (this client's polling
-//! mode and `rslock`), all in one run. Run by `scripts/bench-handover.sh`.
+//! Contended throughput, hand-over latency and fairness of one lock passed
+//! among contender processes, in one run: this client waiting in the nodes'
+//! queues (`LOCK.ACQUIRE ... WAIT`) and polling, and `rslock` (a polling
+//! peer), on 1 and 5 local nodes; then this client queued on 5 nodes with
+//! one contender whose wall clock is a day ahead, and one a day behind
+//! (libfaketime, wall clock only). Run by `scripts/bench-handover.sh`.
+//!
+//! Each contender is a process of its own (this program, `contender` mode)
+//! that loops acquire, hold, release and records, on the shared monotonic
+//! clock, when each grant came and when its release began. From those:
+//! locks/s (and as a fraction of 1/hold, the hold measured), the hand-over
+//! (a release's start to the next grant) p50/p99, the longest wait for one
+//! grant, grants per contender, and, from the nodes' `INFO stats` deltas,
+//! server commands and connections opened per grant. Mutual exclusion (no
+//! grant before the previous holder began its release) and fence order
+//! (fences increase with grants) are checked on the same records.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -9,237 +21,477 @@
     clippy::panic
 )]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use rand::Rng;
 use redis_lock_client::{Client, Config};
-use testkit::{lockcmd, Flavor, NodeSet};
+use testkit::{Flavor, NodeSet};
 
 const TTL: Duration = Duration::from_secs(10);
-const WAIT: Duration = Duration::from_secs(30);
+const KEY: &str = "bench:contended";
 
-fn client(urls: &[String], server_wait: bool) -> Client {
-    Client::new(
-        Config::builder(urls.to_vec())
-            .server_wait(server_wait)
-            .build()
-            .unwrap(),
-    )
-    .unwrap()
+/// The monotonic clock in nanoseconds, the same in every process.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn quantile(samples: &mut [Duration], q: f64) -> Duration {
-    samples.sort();
-    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    samples[i.min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// A benchmark case: name, nodes, their URLs, the holder, the waiter, samples.
-type Case<'a> = (
-    &'a str,
-    &'a NodeSet,
-    &'a [String],
-    &'a Client,
-    Waiter,
-    usize,
-);
-
-#[derive(Clone, Copy)]
-enum Waiter {
-    /// LOCK.ACQUIRE ... WAIT on one node, on a plain connection.
-    Raw,
-    /// This client, queued in the nodes (`server_wait(true)`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
     Queued,
-    /// This client polling with its default backoff (50 ms + 0-100 ms).
     Polling,
-    /// rslock: `lock()` (3 tries, 0-200 ms apart) until it succeeds.
     Rslock,
 }
 
-/// One hand-over: the holder releases while the waiter waits; returns the
-/// time from just before the release to the waiter's grant.
-async fn handover(
-    set: &NodeSet,
-    urls: &[String],
-    holder: &Client,
-    waiter: Waiter,
-    key: &str,
-) -> Duration {
-    let lease = holder.acquire(key, TTL, WAIT).await.unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
-    let (urls_owned, key_owned) = (urls.to_vec(), key.to_owned());
-    let task = tokio::spawn(async move {
-        let urls = urls_owned;
-        let key = key_owned.as_str();
-        match waiter {
-            Waiter::Raw => {
-                let c = redis::Client::open(urls[0].as_str()).unwrap();
-                let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-                let fence: Option<i64> = redis::cmd("LOCK.ACQUIRE")
-                    .arg(key)
-                    .arg("raw-waiter")
-                    .arg(10_000)
-                    .arg("WAIT")
-                    .arg(30_000)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                let got = Instant::now();
-                assert!(fence.is_some());
-                let _: i64 = redis::cmd("LOCK.RELEASE")
-                    .arg(key)
-                    .arg("raw-waiter")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                let _ = tx.send(got);
-            }
-            Waiter::Queued | Waiter::Polling => {
-                let c = client(&urls, matches!(waiter, Waiter::Queued));
-                let lease = c.acquire(key, TTL, WAIT).await.unwrap();
-                let got = Instant::now();
-                c.release(&lease).await.unwrap();
-                let _ = tx.send(got);
-            }
-            Waiter::Rslock => {
-                let m = rslock::LockManager::new(urls.clone());
-                let lock = loop {
-                    if let Ok(lock) = m.lock(key, TTL).await {
-                        break lock;
-                    }
-                };
-                let got = Instant::now();
-                m.unlock(&lock).await;
-                let _ = tx.send(got);
-            }
-        }
-    });
-    match waiter {
-        // Release once the waiter is queued on every node.
-        Waiter::Raw | Waiter::Queued => {
-            let nodes = &set.nodes[..urls.len()];
-            // Queued on every node the holder holds (it may hold only a
-            // quorum; the waiter then holds the others).
-            let quorum = nodes.len() / 2 + 1;
-            testkit::eventually(Duration::from_secs(10), "waiter queued", || {
-                let queued = nodes
-                    .iter()
-                    .filter(|s| {
-                        lockcmd::info(&mut s.conn(), key).is_some_and(|i| i["waiters"] == 1)
-                    })
-                    .count();
-                (queued >= quorum).then_some(())
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // A poller is between two tries at a random phase.
-        Waiter::Polling | Waiter::Rslock => {
-            let phase = rand::rng().random_range(100..300);
-            tokio::time::sleep(Duration::from_millis(phase)).await;
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Queued => "queued",
+            Mode::Polling => "polling",
+            Mode::Rslock => "rslock",
         }
     }
-    let released = Instant::now();
-    holder.release(&lease).await.unwrap();
-    let got = rx.await.unwrap();
-    task.await.unwrap();
-    got.saturating_duration_since(released)
+    fn parse(s: &str) -> Mode {
+        match s {
+            "queued" => Mode::Queued,
+            "polling" => Mode::Polling,
+            "rslock" => Mode::Rslock,
+            _ => panic!("mode {s}"),
+        }
+    }
 }
 
-/// Grants per second of one lock passed among `tasks` contenders for `secs`,
-/// and the fewest and most grants any one contender got.
-async fn throughput(
-    urls: &[String],
-    server_wait: bool,
-    tasks: usize,
-    secs: u64,
-) -> (f64, u64, u64) {
-    let count = Arc::new(AtomicU64::new(0));
-    let per_task: Arc<Vec<AtomicU64>> = Arc::new((0..tasks).map(|_| AtomicU64::new(0)).collect());
-    let stop = Instant::now() + Duration::from_secs(secs);
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let (c, count, per_task) = (client(urls, server_wait), count.clone(), per_task.clone());
-        handles.push(tokio::spawn(async move {
-            while Instant::now() < stop {
-                let left = stop.saturating_duration_since(Instant::now());
-                match c.acquire("bench:tput", TTL, left).await {
-                    Ok(lease) => {
-                        if Instant::now() < stop {
-                            count.fetch_add(1, Ordering::Relaxed);
-                            per_task[t].fetch_add(1, Ordering::Relaxed);
-                        }
-                        c.release(&lease).await.unwrap();
-                    }
-                    Err(_) => break,
-                }
-            }
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
-    let counts: Vec<u64> = per_task.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    (
-        count.load(Ordering::Relaxed) as f64 / secs as f64,
-        counts.iter().copied().min().unwrap_or(0),
-        counts.iter().copied().max().unwrap_or(0),
-    )
+/// One grant as a contender saw it.
+struct Grant {
+    /// When `acquire` was called, when it returned, when the release began.
+    asked: u64,
+    got: u64,
+    released: u64,
+    fence: u64,
+    who: usize,
 }
 
-fn main() {
-    let samples: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse().expect("samples"))
-        .unwrap_or(200);
-    let poll_samples = (samples / 4).max(10);
-    let set = NodeSet::start(5, Flavor::Redis7);
-    let urls = set.urls();
-    let one = vec![urls[0].clone()];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// `contender <mode> <urls,> <hold-us> <secs>`: waits for a line on stdin,
+/// then loops acquire / hold / release and prints one line per grant.
+fn contender(args: &[String]) {
+    let mode = Mode::parse(&args[0]);
+    let urls: Vec<String> = args[1].split(',').map(str::to_owned).collect();
+    let hold = Duration::from_micros(args[2].parse().unwrap());
+    let secs: u64 = args[3].parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let holder1 = client(&one, true);
-        let holder5 = client(&urls, true);
-        let cases: Vec<Case> = vec![
-            ("1 node, LOCK.ACQUIRE WAIT (raw connection)", &set, &one, &holder1, Waiter::Raw, samples),
-            ("1 node, this client, queued", &set, &one, &holder1, Waiter::Queued, samples),
-            ("1 node, this client, polling", &set, &one, &holder1, Waiter::Polling, poll_samples),
-            ("1 node, rslock 0.10 (polling)", &set, &one, &holder1, Waiter::Rslock, poll_samples),
-            ("5 nodes, this client, queued", &set, &urls, &holder5, Waiter::Queued, samples),
-            ("5 nodes, this client, polling", &set, &urls, &holder5, Waiter::Polling, poll_samples),
-            ("5 nodes, rslock 0.10 (polling)", &set, &urls, &holder5, Waiter::Rslock, poll_samples),
-        ];
-        println!("hand-over latency: from the holder's release to the waiter's grant");
-        println!("{:<46} {:>5} {:>10} {:>10}", "waiter", "n", "p50 ms", "p99 ms");
-        let mut p50 = Vec::new();
-        for (i, (name, set, urls, holder, waiter, n)) in cases.into_iter().enumerate() {
-            let key = format!("bench:handover:{i}");
-            let mut lat = Vec::with_capacity(n);
-            for _ in 0..n {
-                lat.push(handover(set, urls, holder, waiter, &key).await);
+        let client = Client::new(
+            Config::builder(urls.clone())
+                .server_wait(mode == Mode::Queued)
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        client.connect().await.unwrap();
+        let rs = rslock::LockManager::new(urls.clone());
+        println!("ready");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        let stop = mono_ns() + secs * 1_000_000_000;
+        let mut out = Vec::new();
+        let mut failures = 0u64;
+        while mono_ns() < stop {
+            let asked = mono_ns();
+            let wait =
+                Duration::from_nanos(stop.saturating_sub(asked)).max(Duration::from_millis(100));
+            match mode {
+                Mode::Queued | Mode::Polling => match client.acquire(KEY, TTL, wait).await {
+                    Ok(lease) => {
+                        let got = mono_ns();
+                        // The thread's sleep, not the runtime's timer (1 ms
+                        // ticks): a hold of 1 ms, not 2.
+                        std::thread::sleep(hold);
+                        let released = mono_ns();
+                        let _ = client.release(&lease).await;
+                        out.push(format!("g {asked} {got} {released} {}", lease.fence()));
+                    }
+                    Err(_) => failures += 1,
+                },
+                Mode::Rslock => {
+                    let lock = loop {
+                        if let Ok(lock) = rs.lock(KEY, TTL).await {
+                            break Some(lock);
+                        }
+                        if mono_ns() >= stop {
+                            break None;
+                        }
+                    };
+                    let Some(lock) = lock else { break };
+                    let got = mono_ns();
+                    std::thread::sleep(hold);
+                    let released = mono_ns();
+                    rs.unlock(&lock).await;
+                    out.push(format!("g {asked} {got} {released} 0"));
+                }
             }
-            let (a, b) = (quantile(&mut lat, 0.5), quantile(&mut lat, 0.99));
-            println!("{name:<46} {n:>5} {:>10.3} {:>10.3}", ms(a), ms(b));
-            p50.push(a);
         }
-        println!();
-        let ratio = |slow: Duration, fast: Duration| slow.as_secs_f64() / fast.as_secs_f64();
-        println!("polling / queued at p50: 1 node: client polling {:.0}x, rslock {:.0}x;  5 nodes: client polling {:.0}x, rslock {:.0}x",
-            ratio(p50[2], p50[1]), ratio(p50[3], p50[1]), ratio(p50[5], p50[4]), ratio(p50[6], p50[4]));
-        println!();
-        println!("one lock passed among 16 contenders on 5 nodes for 3 s:");
-        for (name, server_wait) in [("queued", true), ("polling", false)] {
-            let (rate, fewest, most) = throughput(&urls, server_wait, 16, 3).await;
-            println!("  {name:<8} {rate:>7.0} grants/s   per contender: fewest {fewest}, most {most}");
+        client.settle(Duration::from_secs(2)).await;
+        let mut stdout = std::io::stdout().lock();
+        for l in out {
+            writeln!(stdout, "{l}").unwrap();
+        }
+        writeln!(stdout, "failures {failures}").unwrap();
+        if std::env::var_os("HANDOVER_CPU").is_some() {
+            // SAFETY: a valid, writable rusage.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+            let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+            eprintln!(
+                "contender cpu user {} us sys {} us",
+                us(ru.ru_utime),
+                us(ru.ru_stime)
+            );
         }
     });
+}
+
+/// Sum of an `INFO stats` field over the nodes.
+fn stat(set: &NodeSet, nodes: usize, field: &str) -> u64 {
+    set.nodes[..nodes]
+        .iter()
+        .map(|s| {
+            let info = s.info("stats");
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .map(|v| v.trim().parse::<u64>().unwrap())
+                .unwrap()
+        })
+        .sum()
+}
+
+struct Row {
+    name: String,
+    rate: f64,
+    fraction: f64,
+    p50: Duration,
+    p99: Duration,
+    max_wait: Duration,
+    fewest: usize,
+    most: usize,
+    skewed: Option<usize>,
+    commands: f64,
+    connections: f64,
+    failures: u64,
+    exclusion_violations: usize,
+    fence_violations: Option<usize>,
+}
+
+fn quantile(v: &mut [u64], q: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    Duration::from_nanos(v[i.min(v.len() - 1)])
+}
+
+/// One contended run: `contenders` processes for `secs` on the first
+/// `nodes` nodes; `skew` runs contender 0 under libfaketime at that offset.
+fn run(
+    set: &NodeSet,
+    nodes: usize,
+    mode: Mode,
+    contenders: usize,
+    hold: Duration,
+    secs: u64,
+    skew: Option<&str>,
+) -> Row {
+    let urls = set.urls()[..nodes].join(",");
+    // A clean key: nothing left from the previous case.
+    for s in &set.nodes[..nodes] {
+        let _: () = redis::cmd("DEL").arg(KEY).query(&mut s.conn()).unwrap();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut children: Vec<Child> = (0..contenders)
+        .map(|i| {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("contender")
+                .arg(mode.name())
+                .arg(&urls)
+                .arg(hold.as_micros().to_string())
+                .arg(secs.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            if let (0, Some(offset)) = (i, skew) {
+                let lib = testkit::libfaketime().expect("libfaketime (apt-get install faketime)");
+                cmd.env("LD_PRELOAD", lib)
+                    .env("FAKETIME", offset)
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                    .env("FAKETIME_DONT_RESET", "1");
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let mut readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().unwrap()))
+        .collect();
+    for r in &mut readers {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "contender did not start");
+    }
+    let commands_before = stat(set, nodes, "total_commands_processed");
+    let connections_before = stat(set, nodes, "total_connections_received");
+    for c in &mut children {
+        writeln!(c.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    let mut grants = Vec::new();
+    let mut failures = 0;
+    for (who, r) in readers.into_iter().enumerate() {
+        for line in r.lines() {
+            let line = line.unwrap();
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f[0] {
+                "g" => grants.push(Grant {
+                    asked: f[1].parse().unwrap(),
+                    got: f[2].parse().unwrap(),
+                    released: f[3].parse().unwrap(),
+                    fence: f[4].parse().unwrap(),
+                    who,
+                }),
+                "failures" => failures += f[1].parse::<u64>().unwrap(),
+                _ => {}
+            }
+        }
+    }
+    for mut c in children {
+        c.wait().unwrap();
+    }
+    // Minus this function's own INFO commands (one per node per reading).
+    let commands = stat(set, nodes, "total_commands_processed")
+        .saturating_sub(commands_before)
+        .saturating_sub(nodes as u64);
+    let connections = stat(set, nodes, "total_connections_received")
+        .saturating_sub(connections_before)
+        .saturating_sub(nodes as u64);
+    grants.sort_by_key(|g| g.got);
+    let n = grants.len().max(1);
+    let mut handovers: Vec<u64> = grants
+        .windows(2)
+        .map(|w| w[1].got.saturating_sub(w[0].released))
+        .collect();
+    let exclusion_violations = grants
+        .windows(2)
+        .filter(|w| w[1].got < w[0].released)
+        .count();
+    let fence_violations = (mode != Mode::Rslock).then(|| {
+        grants
+            .windows(2)
+            .filter(|w| w[1].fence <= w[0].fence)
+            .count()
+    });
+    let max_wait = Duration::from_nanos(grants.iter().map(|g| g.got - g.asked).max().unwrap_or(0));
+    let mean_hold = grants.iter().map(|g| g.released - g.got).sum::<u64>() as f64 / n as f64 / 1e9;
+    let mut per = vec![0usize; contenders];
+    for g in &grants {
+        per[g.who] += 1;
+    }
+    let rate = grants.len() as f64 / secs as f64;
+    Row {
+        name: format!(
+            "{} {}, {} node{}{}",
+            if mode == Mode::Rslock {
+                "rslock 0.10"
+            } else {
+                "this client"
+            },
+            if mode == Mode::Queued {
+                "queued"
+            } else {
+                "polling"
+            },
+            nodes,
+            if nodes == 1 { "" } else { "s" },
+            skew.map(|s| format!(", #0 at {s}")).unwrap_or_default()
+        ),
+        rate,
+        fraction: rate * mean_hold,
+        p50: quantile(&mut handovers, 0.5),
+        p99: quantile(&mut handovers, 0.99),
+        max_wait,
+        fewest: per.iter().copied().min().unwrap_or(0),
+        most: per.iter().copied().max().unwrap_or(0),
+        skewed: skew.map(|_| per[0]),
+        commands: commands as f64 / n as f64,
+        connections: connections as f64 / n as f64,
+        failures,
+        exclusion_violations,
+        fence_violations,
+    }
+}
+
+/// The floor of a hand-over on the first `nodes` nodes, no client: one
+/// thread per node blocked on a raw `LOCK.ACQUIRE ... WAIT`, the holder
+/// writing `LOCK.RELEASE` to every node; the time to the quorum-th reply.
+fn raw_floor(set: &NodeSet, nodes: usize, samples: usize) -> (Duration, Duration) {
+    use std::io::Read;
+    use std::net::TcpStream;
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        let mut v = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            v.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        v
+    }
+    fn reply(s: &mut TcpStream) {
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0 && buf[0] != b'-',
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let connect = || -> Vec<TcpStream> {
+        set.nodes[..nodes]
+            .iter()
+            .map(|s| {
+                let c = TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+                c.set_nodelay(true).unwrap();
+                c
+            })
+            .collect()
+    };
+    let quorum = nodes / 2 + 1;
+    let (mut holder, mut waiters) = (connect(), connect());
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        for h in &mut holder {
+            h.write_all(&cmd(&["LOCK.ACQUIRE", "bench:raw", &a, "10000"]))
+                .unwrap();
+            reply(h);
+        }
+        for w in &mut waiters {
+            w.write_all(&cmd(&[
+                "LOCK.ACQUIRE",
+                "bench:raw",
+                &b,
+                "10000",
+                "WAIT",
+                "5000",
+            ]))
+            .unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let blocked: Vec<_> = waiters
+            .drain(..)
+            .map(|mut w| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    reply(&mut w);
+                    tx.send(mono_ns()).unwrap();
+                    w
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2));
+        let released = mono_ns();
+        for h in &mut holder {
+            h.write_all(&cmd(&["LOCK.RELEASE", "bench:raw", &a]))
+                .unwrap();
+        }
+        let mut got: Vec<u64> = (0..nodes).map(|_| rx.recv().unwrap()).collect();
+        got.sort_unstable();
+        lat.push(got[quorum - 1].saturating_sub(released));
+        for h in &mut holder {
+            reply(h);
+        }
+        waiters = blocked.into_iter().map(|t| t.join().unwrap()).collect();
+        for w in &mut waiters {
+            w.write_all(&cmd(&["LOCK.RELEASE", "bench:raw", &b]))
+                .unwrap();
+            reply(w);
+        }
+    }
+    (quantile(&mut lat, 0.5), quantile(&mut lat, 0.99))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("contender") {
+        return contender(&args[1..]);
+    }
+    let secs: u64 = args.first().map_or(10, |s| s.parse().expect("seconds"));
+    let contenders = 4;
+    let hold = Duration::from_millis(1);
+    let set = NodeSet::start(5, Flavor::Redis7);
+    println!(
+        "{contenders} contender processes, one key, {}ms hold, {secs} s a case; fraction = locks/s x the measured hold",
+        hold.as_millis()
+    );
+    println!(
+        "{:<44} {:>7} {:>6} {:>15} {:>9} {:>11} {:>8} {:>10} {:>6} {:>8}",
+        "client",
+        "locks/s",
+        "x1/hold",
+        "hand-over p50/p99 us",
+        "max wait",
+        "grants min-max",
+        "skewed",
+        "cmds/grant",
+        "conns/grant",
+        "checks"
+    );
+    let mut cases: Vec<(usize, Mode, Option<&str>)> = Vec::new();
+    for nodes in [1, 5] {
+        for mode in [Mode::Queued, Mode::Polling, Mode::Rslock] {
+            cases.push((nodes, mode, None));
+        }
+    }
+    cases.push((5, Mode::Queued, Some("+1d")));
+    cases.push((5, Mode::Queued, Some("-1d")));
+    // HANDOVER_CASES=queued (say) runs only the rows whose name has it.
+    let only = std::env::var("HANDOVER_CASES").unwrap_or_default();
+    for (nodes, mode, skew) in cases {
+        if !only.is_empty() && mode.name() != only {
+            continue;
+        }
+        let r = run(&set, nodes, mode, contenders, hold, secs, skew);
+        let checks = format!(
+            "excl {} fence {} fail {}",
+            r.exclusion_violations,
+            r.fence_violations
+                .map_or("n/a".to_owned(), |v| v.to_string()),
+            r.failures
+        );
+        println!(
+            "{:<44} {:>7.0} {:>6.2} {:>7.0} / {:>6.0} {:>7.1}ms {:>5}-{:<5} {:>8} {:>10.1} {:>6.2} {checks}",
+            r.name,
+            r.rate,
+            r.fraction,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.max_wait.as_secs_f64() * 1e3,
+            r.fewest,
+            r.most,
+            r.skewed.map_or("-".to_owned(), |s| s.to_string()),
+            r.commands,
+            r.connections,
+        );
+    }
+    if only.is_empty() || only == "floor" {
+        let (p1, q1) = raw_floor(&set, 1, 400);
+        let (p5, q5) = raw_floor(&set, 5, 400);
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "floor, no client (raw LOCK.RELEASE -> quorum-th WAIT reply, a thread per node): 1 node {:.0} / {:.0} us, 5 nodes {:.0} / {:.0} us (p50 / p99; 5-node p50 {:.1}x the 1-node one)",
+            us(p1), us(q1), us(p5), us(q5), us(p5) / us(p1)
+        );
+    }
 }

@@ -378,7 +378,9 @@ impl ConfigBuilder {
 
     /// Wait for a taken lock in the nodes' FIFO queues (`LOCK.ACQUIRE ...
     /// WAIT`), woken the moment it is freed (default), or poll with
-    /// randomized backoff (`false`).
+    /// randomized backoff (`false`). Waits run on waiting connections of
+    /// their own (a blocked request holds up its connection), kept per node
+    /// and reused, and closed after 30 s unused.
     pub fn server_wait(mut self, on: bool) -> Self {
         self.server_wait = on;
         self

@@ -10,7 +10,9 @@ use tokio::time::timeout;
 
 use crate::config::{NodeSpec, Tls};
 use crate::error::{Error, NodeError, NodeErrorKind};
-use crate::proto::{self, Acquire, Request};
+use crate::proto::{self, Request};
+
+mod waiting;
 
 /// The cached connection and a generation number, so that a request that
 /// saw the connection break drops that connection and not a newer one.
@@ -25,6 +27,8 @@ pub(crate) struct Node {
     pub(crate) label: String,
     client: redis::Client,
     slot: Mutex<Slot>,
+    /// The connections that `LOCK.ACQUIRE ... WAIT` blocks, kept apart.
+    waits: waiting::WaitPool,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -51,6 +55,7 @@ impl Node {
             label: spec.label.clone(),
             client,
             slot: Mutex::new(Slot::default()),
+            waits: waiting::WaitPool::default(),
             connect_timeout,
             request_timeout,
         })
@@ -85,6 +90,9 @@ impl Node {
     /// Whether a connection is open (or being made): a request cut off
     /// without one was never sent.
     pub(crate) fn may_be_connected(&self) -> bool {
+        if self.waits.ever_opened() {
+            return true;
+        }
         match self.slot.try_lock() {
             Ok(slot) => slot.conn.is_some(),
             Err(_) => true,
@@ -286,71 +294,22 @@ impl Node {
             .decode(&reply)
             .map_err(|m| self.error(NodeErrorKind::Protocol, m.0))
     }
-
-    /// `LOCK.ACQUIRE key token ttl-ms WAIT wait-ms TICKET ticket` on a
-    /// connection of its own: a blocked command holds up every later
-    /// request on its connection, so it must not use the shared one.
-    /// Dropping the future closes the connection, which takes the waiter
-    /// out of the node's queue.
-    pub(crate) async fn acquire_waiting(
-        &self,
-        key: &str,
-        token: &str,
-        ttl_ms: u64,
-        wait_ms: u64,
-        ticket: u64,
-        sent: &std::sync::atomic::AtomicBool,
-    ) -> Result<Option<u64>, NodeError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None);
-        let mut conn = match timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                let e = self.classify(&e, Phase::Connect);
-                return Err(self.with_refusal(e).await.unsent());
-            }
-            Err(_) => {
-                return Err(self
-                    .error(
-                        NodeErrorKind::Timeout,
-                        format!("no connection within {:?}", self.connect_timeout),
-                    )
-                    .unsent())
-            }
-        };
-        let request = Acquire::new(key, token, ttl_ms).wait(wait_ms, Some(ticket));
-        sent.store(true, std::sync::atomic::Ordering::Relaxed);
-        let limit = Duration::from_millis(wait_ms).saturating_add(self.request_timeout);
-        let reply = match timeout(
-            limit,
-            proto::encode(&request).query_async::<Value>(&mut conn),
-        )
-        .await
-        {
-            Err(_) => Err(self.error(NodeErrorKind::Timeout, format!("no reply within {limit:?}"))),
-            Ok(reply) => reply.map_err(|e| self.classify(&e, Phase::Request)),
-        };
-        self.answer(&request, reply)
-    }
 }
 
 /// The redis client of one node, with the configured certificates for a
 /// `rediss://` node. rustls needs a process-wide crypto provider: ring is
 /// installed unless the program installed one itself.
 fn open(spec: &NodeSpec, tls: Option<&Tls>) -> redis::RedisResult<redis::Client> {
+    // Requests are small and latency is the point: no Nagle delay (the
+    // redis crate leaves it on by default).
+    let tcp = spec.info.tcp_settings().clone().set_nodelay(true);
+    let info = spec.info.clone().set_tcp_settings(tcp);
     #[cfg(feature = "tls")]
     if matches!(spec.info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         if let Some(tls) = tls {
             return redis::Client::build_with_tls(
-                spec.info.clone(),
+                info,
                 redis::TlsCertificates {
                     client_tls: tls.client.clone().map(|(client_cert, client_key)| {
                         redis::ClientTlsConfig {
@@ -364,7 +323,7 @@ fn open(spec: &NodeSpec, tls: Option<&Tls>) -> redis::RedisResult<redis::Client>
         }
     }
     let _ = tls;
-    redis::Client::open(spec.info.clone())
+    redis::Client::open(info)
 }
 
 /// The time left in a `TRYAGAIN` refusal: `... refused for another 1234 ms ...`.

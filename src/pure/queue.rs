@@ -66,6 +66,20 @@ impl<T> WaitQueues<T> {
         Some(waiter)
     }
 
+    /// Take out every waiter of `key` that `which` picks, in queue order
+    /// (a client cancelling its own waits).
+    pub fn remove_where(&mut self, key: &KeyId, mut which: impl FnMut(&T) -> bool) -> Vec<T> {
+        let Some(queue) = self.queues.get(key) else {
+            return Vec::new();
+        };
+        let ids: Vec<u64> = queue
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| self.waiters.get(id).is_some_and(|(_, w)| which(w)))
+            .collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
     pub fn len(&self, key: &KeyId) -> usize {
         self.queues.get(key).map_or(0, VecDeque::len)
     }
@@ -131,6 +145,24 @@ mod tests {
         assert_eq!(q.pop_front(&key("x")), Some((b, 2)));
         assert!(q.keys_in(-1).is_empty());
         assert_eq!(q.total(), 0);
+    }
+
+    #[test]
+    fn waiters_picked_by_a_predicate_leave_and_the_others_keep_their_order() {
+        let mut q = WaitQueues::default();
+        let a = q.push(key("x"), 1, "tok-a");
+        q.push(key("x"), 2, "tok-b");
+        let c = q.push(key("x"), 3, "tok-a2");
+        let d = q.push(key("x"), 4, "tok-c");
+        q.push(key("y"), 0, "tok-b");
+        assert_eq!(q.remove_where(&key("x"), |w| *w == "tok-b"), vec!["tok-b"]);
+        assert_eq!(q.remove_where(&key("z"), |_| true), Vec::<&str>::new());
+        let order: Vec<_> =
+            std::iter::from_fn(|| q.pop_front(&key("x")).map(|(id, _)| id)).collect();
+        assert_eq!(order, vec![a, c, d]);
+        assert_eq!(q.remove_where(&key("y"), |_| true), vec!["tok-b"]);
+        assert_eq!(q.total(), 0);
+        assert!(q.keys_in(-1).is_empty());
     }
 
     #[test]

@@ -296,6 +296,16 @@ pub fn extend(ctx: &Context, req: &Request) -> RedisResult {
 pub fn release(ctx: &Context, req: &Request) -> RedisResult {
     let parsed = args::release(req.args).map_err(arg_error)?;
     refuse_on_replica(ctx)?;
+    if waiters::total() > 0 {
+        if let Some(name) = req.key(ctx) {
+            // The token's own waits end first: a hand-over below must not
+            // go to the client that is giving the lock up.
+            let db = ffi::selected_db(ctx);
+            if waiters::cancel(ctx, db, name.as_slice(), parsed.token) > 0 {
+                bump(&stats::WAITS_CANCELLED);
+            }
+        }
+    }
     let key = open(ctx, req)?;
     let now = clock::now();
     let out = lock::release(key.current(), parsed.token, now);

@@ -32,6 +32,7 @@ counters! {
     HANDOVERS: "Grants made to a waiting client when the lock was freed.",
     WAIT_TIMEOUTS: "Waiting clients whose WAIT ran out.",
     WAITS_REFUSED: "WAITs answered at once because lock.max-waiters clients already waited.",
+    WAITS_CANCELLED: "LOCK.RELEASE that ended waits of its own token (a client giving up).",
     REJOIN_REFUSALS: "LOCK.ACQUIRE refused with TRYAGAIN during the delayed rejoin after start-up.",
 }
 

@@ -124,7 +124,11 @@ pub fn block(
     timeout_ms: u64,
     ticket: Option<u64>,
 ) -> Result<(), RedisError> {
-    let ticket = ticket.unwrap_or_else(arrival_ticket);
+    // A ticket from the future orders like one from now: a client whose
+    // clock runs ahead waits its turn instead of behind everyone who comes
+    // later (DESIGN.md, "Order across nodes").
+    let arrival = arrival_ticket();
+    let ticket = ticket.map_or(arrival, |t| t.min(arrival));
     let client =
         BlockedClient::block(ctx).ok_or(RedisError::Str("ERR this client cannot block"))?;
     let client_id = client.id();
@@ -163,6 +167,32 @@ pub fn next(ctx: &Context, db: i32, key: &[u8]) -> Option<Waiter> {
     })?;
     stop_timer(ctx, &waiter);
     Some(waiter)
+}
+
+/// `LOCK.RELEASE` by `token`: every wait of that token on `key` of `db`
+/// ends, replying nil, so a client that gives up on an acquisition leaves
+/// nothing queued behind (and its waiting connections get their reply).
+pub fn cancel(ctx: &Context, db: i32, key: &[u8], token: &[u8]) -> usize {
+    if TOTAL.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    let id: KeyId = (db, key.to_vec());
+    let gone = with(|s| {
+        let gone = s
+            .queues
+            .remove_where(&id, |w| w.request.token.as_ref() == token);
+        for w in &gone {
+            s.ids.remove(&w.client.id());
+        }
+        update_total(s);
+        gone
+    });
+    let n = gone.len();
+    for waiter in gone {
+        stop_timer(ctx, &waiter);
+        waiter.wake(None);
+    }
+    n
 }
 
 /// The keys that have waiters in `db` (-1: every database).

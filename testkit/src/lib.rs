@@ -52,7 +52,7 @@ pub use lockutil::{
 pub use proxy::{Mode as ProxyMode, Proxy};
 pub use redis;
 pub use rng::Rng;
-pub use server::{Server, ServerBuilder};
+pub use server::{libfaketime, Server, ServerBuilder};
 
 /// The workspace's root directory (where `Cargo.toml`, `target/` and `.venv/` are).
 pub fn workspace_root() -> PathBuf {

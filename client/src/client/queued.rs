@@ -1,77 +1,65 @@
-//! `acquire` by waiting in the nodes' FIFO queues (`LOCK.ACQUIRE ... WAIT`)
+//! `acquire` by waiting in the nodes' queues (`LOCK.ACQUIRE ... WAIT`)
 //! instead of polling: each node hands the lock to the first client in its
 //! queue the moment it is released or expires.
 //!
-//! Each attempt starts with a plain round, on the long-lived connections: it
-//! takes a free lock at once, and otherwise tells which nodes another client
-//! holds (a lost round hears every node out and releases what it got). A
-//! queue round then sends `WAIT` to those nodes only, each on a connection
-//! of its own, counting the nodes that were free as granted: a waiter holds
-//! no node while it waits, so it neither refuses others there nor keeps a
-//! holder that got only some nodes from getting more. When a quorum has
-//! granted, a plain round with the same token (a refresh on the nodes that
-//! granted, a grant on the free ones) anchors the lease's validity to a
-//! start time the client knows.
+//! An attempt is one round of `LOCK.ACQUIRE ... WAIT ms TICKET t` to every
+//! node, each on a waiting connection of the node's pool (a blocked request
+//! holds up its connection; see `node/waiting.rs`): a free node grants at
+//! once, a held one queues the request and grants it when its turn comes.
+//! When a quorum has granted, the lease is made without a confirming round:
+//! every grant happened after its request was sent, so each granting node's
+//! deadline is at least the attempt's start + TTL, and validity counts from
+//! that start exactly as for a plain round. The fences are raised only if
+//! the granting nodes gave different ones; a grant whose validity has worn
+//! below half the TTL (a long wait) is confirmed by a plain round with the
+//! same token (a refresh where we hold it), which anchors it to now. A contended grant on five nodes thus costs five
+//! `WAIT`s and, later, the holder's five releases.
 //!
 //! Across nodes the queues can hand the lock to different clients (a split:
 //! with three waiters and five nodes, 2/2/1, nobody has a quorum and nobody
 //! will release; or clients that start at once on free nodes). So once a
 //! node has granted, the rest of a quorum must follow within the split
-//! window. If it does not, the client releases everything it got, drops its
-//! other waits (closing their connections takes it out of those queues) and
+//! window. If it does not, the client releases everything it may hold and
 //! queues again after a short random pause, so nobody keeps a partial grant.
-//! The window starts at one request timeout (at least 10 ms) and doubles
-//! with each consecutive split, up to a quarter of the TTL (at most 2 s): a
-//! split among waiters resolves in milliseconds, while a long wait does not
-//! churn through rounds.
+//! `LOCK.RELEASE` also ends the token's own waits on a node, so that one
+//! command per node takes back both the grants and the waits of an attempt,
+//! whatever order they race in; the waits still out then answer nil and
+//! their connections go back to the pool. The window starts at a fifth of
+//! the request timeout (10 ms by default, at least 2 ms) and doubles with each consecutive split, up to a
+//! quarter of the TTL (at most 2 s): a split among waiters resolves in
+//! milliseconds, while a long wait does not churn through rounds.
 //!
-//! Every request of one `acquire` carries the same `TICKET`: the client's
-//! wall-clock time when it started waiting, in microseconds. Nodes serve
-//! their queues in ticket order, so all nodes agree on who is next (no
-//! splits among clients that are queued everywhere), and a client that
-//! re-queues after a split keeps its place: the oldest waiter is served
-//! first, so nobody starves. Clock skew between clients only shifts that
-//! order; it cannot affect safety.
+//! Every request of one `acquire` carries the same ticket: the instant the
+//! client started waiting, on each node's own clock (learned with `TIME`
+//! when the waiting connection was opened, and carried forward on the
+//! client's monotonic clock). Nodes serve their queues in ticket order, so
+//! all nodes agree on who is next (no splits among clients that are queued
+//! everywhere), and a client that re-queues after a split keeps its place:
+//! the oldest waiter is served first, so nobody starves, and a client's
+//! wall clock, however wrong, does not move it in the queues. Safety never
+//! depends on tickets.
 
-use super::{release_nodes, Client, ReleaseOnDrop, Ttl, Wait};
-use crate::error::Error;
+use super::{raise_fences, release_nodes, Client, Ttl, Wait};
+use crate::error::{Error, NodeErrorKind};
 use crate::lease::{Lease, Token};
-use crate::nodeset::{fan_out, NodeMask};
-use crate::quorum::{Decision, Tally, Vote};
+use crate::nodeset::{self, fan_out, NodeMask};
+use crate::quorum::{self, Decision};
+use crate::round::Round;
 use futures_util::stream::StreamExt;
 use rand::Rng;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How a queue round ended.
 enum Queued {
-    /// A quorum granted.
-    Quorum,
-    /// A quorum can no longer grant (waits timed out, nodes failed).
-    Lost { failed_beyond_spare: bool },
+    /// A quorum granted: (node, fence) of each grant.
+    Quorum(Vec<(usize, u64)>),
+    /// A quorum can no longer grant (waits ran out, nodes failed): why.
+    Lost(Error),
     /// Some nodes granted, but not a quorum within the split window.
-    Split,
-}
-
-/// Copies which nodes a queue round's waits reached into the caller's
-/// vector when the round ends, however it ends (a round cut short by the
-/// budget is dropped mid-way).
-struct Filled<'a> {
-    sent: &'a [AtomicBool],
-    reached: &'a mut NodeMask,
-}
-
-impl Drop for Filled<'_> {
-    fn drop(&mut self) {
-        *self.reached = self
-            .sent
-            .iter()
-            .enumerate()
-            .filter(|(_, sent)| sent.load(Ordering::Relaxed))
-            .map(|(i, _)| i)
-            .collect();
-    }
+    Split(Error),
 }
 
 /// The least time a round inside a wait is given, budget or not: live
@@ -149,7 +137,7 @@ impl Client {
     }
 
     /// `acquire` by waiting in the nodes' queues; run it inside
-    /// [`ReleaseOnDrop::around`].
+    /// [`super::ReleaseOnDrop::around`].
     pub(super) async fn wait_in_queues(
         &self,
         resource: &str,
@@ -158,21 +146,18 @@ impl Client {
         wait: Duration,
     ) -> Result<Lease, Error> {
         let started = Instant::now();
-        let ticket = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let backoff = self.inner.config.backoff();
         let mut attempts: u32 = 0;
-        let first_window = self
-            .inner
-            .config
-            .request_timeout
-            .max(Duration::from_millis(10));
+        // A hand-over's grants come within the spread of one round trip to
+        // the nodes, far inside a request timeout: a fifth of it (10 ms by
+        // default) tells a split without making a start-up race (clients
+        // starting at once on a free lock) cost a whole request timeout.
+        let first_window = (self.inner.config.request_timeout / 5).max(Duration::from_millis(2));
         let max_window = (ttl.duration / 4)
             .min(Duration::from_secs(2))
             .max(first_window);
         let mut split_window = first_window;
-        let (quorum, n) = (self.inner.config.quorum, self.inner.nodes.len());
+        let n = self.inner.nodes.len();
         let mut last: Option<Error> = None;
         loop {
             attempts = attempts.saturating_add(1);
@@ -183,90 +168,68 @@ impl Client {
                     .last_round(resource, token, ttl, (started, wait), attempts, last)
                     .await;
             }
-            // A plain round first: it takes a free lock at once, on the
-            // long-lived connections, and tells where another client holds
-            // it. A lost round has released what it was granted.
-            let mut free = NodeMask::default();
-            let round = self
-                .within(
+            let attempt = Instant::now();
+            // Which nodes the attempt's requests went out to: they may hold
+            // our token (or a wait of it) afterwards. The flags outlive a
+            // round cut short by the budget.
+            let sent: Arc<[AtomicBool]> = (0..n).map(|_| AtomicBool::new(false)).collect();
+            // The round ends with the budget (given at least what a round
+            // needs), and says then what it heard so far.
+            let budget = left.max(self.inner.config.request_timeout.min(MIN_ROUND));
+            let deadline = tokio::time::Instant::now() + budget;
+            let outcome = self
+                .queue_round(
+                    resource,
+                    token,
+                    ttl,
+                    (left, deadline),
                     started,
-                    wait,
-                    ReleaseOnDrop::around(
-                        &self.inner,
-                        resource,
-                        token,
-                        self.round(resource, token, ttl, Some(&mut free)),
-                    ),
+                    split_window,
+                    &sent,
                 )
-                .await
-                .unwrap_or_else(|| Err(cut_short(resource, last.take(), quorum, n)));
+                .await;
+            let (err, split) = match outcome {
+                Queued::Quorum(granted) => {
+                    match self
+                        .queued_lease(resource, token, ttl, attempt, &granted)
+                        .await
+                    {
+                        Ok(lease) => return Ok(lease),
+                        Err(e) => (e, false),
+                    }
+                }
+                Queued::Lost(e) => (e, false),
+                Queued::Split(e) => (e, true),
+            };
+            // Give back every grant and wait of the attempt before anything
+            // else: the same token is reused, so a late release must not
+            // hit the next attempt's grant (the release is awaited).
+            let reached: NodeMask = sent
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.load(Ordering::Relaxed))
+                .map(|(i, _)| i)
+                .collect();
+            release_nodes(&self.inner, resource, token, reached, Wait::All).await;
+            tracing::debug!(resource, split, error = %err, "queue round without a lease");
             let err = match ends_the_wait(
-                round,
+                Err(err),
                 resource,
                 wait.saturating_sub(started.elapsed()),
-                "held elsewhere, queueing",
+                "queued again",
             ) {
                 ControlFlow::Break(done) => return done,
                 ControlFlow::Continue(e) => e,
             };
-            let left = wait.saturating_sub(started.elapsed());
-            if left < MIN_WAIT {
-                // That round was the last one the budget allows.
+            if wait.saturating_sub(started.elapsed()) < MIN_WAIT {
                 return Err(timed_out(resource, started, attempts, err));
             }
             last = Some(err);
-            let mut reached = NodeMask::all(n);
-            let outcome = self
-                .within(
-                    started,
-                    wait,
-                    self.queue_round(
-                        resource,
-                        token,
-                        ttl,
-                        left,
-                        ticket,
-                        split_window,
-                        free,
-                        &mut reached,
-                    ),
-                )
-                .await
-                .unwrap_or(Queued::Lost {
-                    failed_beyond_spare: true,
-                });
-            if let Queued::Quorum = outcome {
-                let round = self.acquire_round(resource, token, ttl).await;
-                if let ControlFlow::Break(done) = ends_the_wait(
-                    round,
-                    resource,
-                    wait.saturating_sub(started.elapsed()),
-                    "queued grant not confirmed",
-                ) {
-                    return done;
-                }
-            } else {
-                tracing::debug!(
-                    resource,
-                    split = matches!(outcome, Queued::Split),
-                    unreachable = matches!(
-                        outcome,
-                        Queued::Lost {
-                            failed_beyond_spare: true
-                        }
-                    ),
-                    "queue round without a quorum"
-                );
-            }
-            // Give back every partial grant before queueing again: the same
-            // token is reused, so a late release must not hit the next grant.
-            // Nodes whose wait could not even connect hold nothing of ours.
-            release_nodes(&self.inner, resource, token, reached, Wait::All).await;
-            if let Queued::Split = outcome {
+            if split {
                 // The tickets already order the queues: a short random pause
                 // is enough, and the window grows so a long wait stays calm.
                 split_window = (split_window * 2).min(max_window);
-                let pause = first_window.mul_f64(rand::rng().random::<f64>());
+                let pause = first_window.mul_f64(rand::rng().random::<f64>() / 2.0);
                 if started.elapsed() + pause < wait {
                     tokio::time::sleep(pause).await;
                     continue;
@@ -313,99 +276,133 @@ impl Client {
             .map_err(|e| timed_out(resource, started, attempts, e))
     }
 
-    /// One queue round: `WAIT` on every node but those found free (`free`)
-    /// by the plain round before it, which count as granted here and are
-    /// taken by the confirming round; decided as soon as a quorum granted,
-    /// a quorum became impossible, or the split window closed. A waiter so
-    /// holds no node while it waits.
+    /// One queue round: `WAIT` on every node, decided as soon as a quorum
+    /// granted, a quorum became impossible, the split window closed after
+    /// a first grant, or the `deadline` (the wait budget) passed. The waits still out when it is decided finish
+    /// in a task of their own, so that their connections come back to the
+    /// pool once answered (a lost round's release ends them at once; a won
+    /// one's hold nodes for the lease until its release).
     #[allow(clippy::too_many_arguments)]
     async fn queue_round(
         &self,
         resource: &str,
         token: &Token,
         ttl: Ttl,
-        wait: Duration,
-        ticket: u64,
+        (wait, deadline): (Duration, tokio::time::Instant),
+        started: Instant,
         split_window: Duration,
-        free: NodeMask,
-        reached: &mut NodeMask,
+        sent: &Arc<[AtomicBool]>,
     ) -> Queued {
         let inner = &self.inner;
-        // Every node may hold our token after this round (a late grant)
-        // but those whose wait never connected: filled in when the round
-        // ends, or is cut short (the flags outlive the futures).
-        let sent: Vec<AtomicBool> = (0..inner.nodes.len())
-            .map(|i| AtomicBool::new(free.contains(i)))
-            .collect();
-        let fill = Filled {
-            sent: &sent,
-            reached,
-        };
-        *fill.reached = NodeMask::all(inner.nodes.len());
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut tally = Tally::new(inner.nodes.len(), inner.config.quorum);
-        let is_free = |i: usize| free.contains(i);
-        for _ in (0..inner.nodes.len()).filter(|&i| is_free(i)) {
-            tally.record(Vote::Granted(0));
-        }
-        if tally.decision() == Some(Decision::Won) {
-            return Queued::Quorum;
-        }
-        let mut pending = fan_out(
-            &inner.nodes,
-            |i| !is_free(i),
-            |node| {
-                let sent = sent.get(node.index);
-                async move {
-                    match sent {
-                        Some(sent) => {
-                            node.acquire_waiting(
-                                resource,
-                                token.as_str(),
-                                ttl.millis,
-                                wait_ms,
-                                ticket,
-                                sent,
-                            )
-                            .await
-                        }
-                        None => Ok(None),
-                    }
-                }
-            },
-        );
+        // The nodes end their waits a little before the budget does, so that
+        // a node that answers says "not granted" (nil) before the round is
+        // cut off, and only a node that does not answer counts as failed.
+        let margin = inner.config.request_timeout.min(wait / 4);
+        let wait_ms = u64::try_from(wait.saturating_sub(margin).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let key: Arc<str> = Arc::from(resource);
+        let mut round = Round::new(inner.nodes.len(), inner.config.quorum);
+        let mut pending = fan_out(&inner.nodes, nodeset::all, |node| {
+            node.acquire_waiting(
+                key.clone(),
+                token.clone(),
+                ttl.millis,
+                wait_ms,
+                started,
+                sent.clone(),
+            )
+        });
         let mut split_at: Option<tokio::time::Instant> = None;
-        loop {
-            let answer = match split_at {
-                Some(at) => tokio::select! {
-                    answer = pending.next() => answer,
-                    () = tokio::time::sleep_until(at) => return Queued::Split,
-                },
-                None => pending.next().await,
+        let mut answered = NodeMask::default();
+        let outcome = loop {
+            let split = split_at.unwrap_or(deadline).min(deadline);
+            let answer = tokio::select! {
+                answer = pending.next() => answer,
+                () = tokio::time::sleep_until(split) => None,
             };
             let Some((i, answer)) = answer else {
-                return Queued::Split;
-            };
-            match answer {
-                Ok(Some(fence)) => {
-                    tally.record(Vote::Granted(fence));
-                    split_at.get_or_insert_with(|| tokio::time::Instant::now() + split_window);
-                }
-                Ok(None) => tally.record(Vote::Refused),
-                Err(e) => {
-                    tracing::debug!(resource, node = i, error = %e, "queued wait failed");
-                    tally.record(Vote::Failed);
-                }
-            }
-            match tally.decision() {
-                Some(Decision::Won) => return Queued::Quorum,
-                Some(Decision::Lost) => {
-                    return Queued::Lost {
-                        failed_beyond_spare: tally.failed_beyond_spare(),
+                if tokio::time::Instant::now() >= deadline || split_at.is_none() {
+                    // The budget ran out: a node that has not answered by
+                    // now failed (it does not answer, or not in time).
+                    for node in inner.nodes.iter().filter(|n| !answered.contains(n.index)) {
+                        let late = node.error(
+                            NodeErrorKind::Timeout,
+                            format!("no answer within the wait of {wait:?}"),
+                        );
+                        let _ = round.note(node.index, Err(late));
                     }
+                    break Queued::Lost(round.error(resource));
+                }
+                break Queued::Split(round.error(resource));
+            };
+            answered.insert(i);
+            match round.note(i, answer) {
+                Some(Decision::Won) => break Queued::Quorum(round.granted()),
+                Some(Decision::Lost) => break Queued::Lost(round.error(resource)),
+                None if round.tally().granted() > 0 => {
+                    split_at.get_or_insert_with(|| tokio::time::Instant::now() + split_window);
                 }
                 None => {}
             }
+        };
+        if !pending.is_empty() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { while pending.next().await.is_some() {} });
+            }
         }
+        outcome
+    }
+
+    /// The lease of a queue round that a quorum granted (`granted`: node,
+    /// fence), its validity counted from `attempt`, the instant before the
+    /// round's first request: each grant came after its request was sent.
+    /// Fences that differ are raised first. A grant whose validity a long
+    /// wait has worn below half the TTL (or away) is confirmed instead by a
+    /// plain round with the same token: a refresh where the queues handed
+    /// us the lock, which anchors validity and fence to now.
+    async fn queued_lease(
+        &self,
+        resource: &str,
+        token: &Token,
+        ttl: Ttl,
+        attempt: Instant,
+        granted: &[(usize, u64)],
+    ) -> Result<Lease, Error> {
+        let inner = &self.inner;
+        let n = inner.nodes.len();
+        let drift = inner.config.drift(ttl.duration);
+        let now = Instant::now();
+        let fresh = quorum::valid_until(attempt, ttl.duration, drift, now)
+            .is_some_and(|until| until.saturating_duration_since(now) >= ttl.duration / 2);
+        if !fresh {
+            tracing::debug!(resource, waited = ?now.saturating_duration_since(attempt), "confirming a late grant");
+            return self.acquire_round(resource, token, ttl).await;
+        }
+        let mut fence = granted.iter().map(|(_, f)| *f).max().unwrap_or_default();
+        let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
+        if inner.config.fenced {
+            let raised = raise_fences(inner, resource, token, ttl, granted).await;
+            (fence, nodes) = raised.outcome(resource, n, Vec::new())?;
+        }
+        let now = Instant::now();
+        let Some(valid_until) = quorum::valid_until(attempt, ttl.duration, drift, now) else {
+            return Err(Error::NoValidityLeft {
+                resource: resource.to_owned(),
+                ttl: ttl.duration,
+                elapsed: now.saturating_duration_since(attempt),
+            });
+        };
+        tracing::debug!(resource, fence, ?nodes, "acquired in the queues");
+        Ok(Lease {
+            resource: resource.to_owned(),
+            token: token.clone(),
+            fence,
+            acquired_at: attempt,
+            renewed_at: attempt,
+            valid_until,
+            ttl: ttl.duration,
+            nodes,
+        })
     }
 }
