@@ -19,6 +19,28 @@ fn used_memory(c: &mut Connection) -> i64 {
     testkit::info_field(c, "memory", "used_memory")
 }
 
+/// `round(c, 50)` to warm up (allocator pools, the timer table), then
+/// `round(c, n)`; asserts that the second kept less than 128 KB of
+/// `used_memory` (what per-request leaks of a few hundred bytes exceed).
+fn assert_memory_returns(
+    flavor: Flavor,
+    what: &str,
+    c: &mut Connection,
+    n: usize,
+    mut round: impl FnMut(&mut Connection, usize),
+) {
+    round(c, 50);
+    let before = used_memory(c);
+    round(c, n);
+    let after = used_memory(c);
+    eprintln!("{flavor}: {before} -> {after} bytes after {n} {what}");
+    assert!(
+        after - before < 128 * 1024,
+        "{flavor}: {n} {what} kept {} bytes",
+        after - before
+    );
+}
+
 fn waiters_on(c: &mut Connection, key: &str) -> i64 {
     info(c, key).map_or(0, |i| i["waiters"])
 }
@@ -152,23 +174,12 @@ fn timed_out_waits_leave_no_memory_behind() {
         let mut c = server.conn();
         acquire(&mut c, "k", "holder", 240_000).unwrap();
         let mut w = server.conn();
-        let mut round = |n: usize| {
+        assert_memory_returns(flavor, "timed-out waits", &mut c, WAITS, |_, n| {
             for _ in 0..n {
                 let got = acquire_with(&mut w, "k", "waiter", 1_000, &["WAIT", "1"]);
                 assert_eq!(got, None);
             }
-        };
-        round(50); // warm-up: allocator pools, the timer table
-        let before = used_memory(&mut c);
-        round(WAITS);
-        let after = used_memory(&mut c);
-        let per_wait = (after - before) / WAITS as i64;
-        eprintln!("{flavor}: {before} -> {after} bytes, {per_wait} per timed-out wait");
-        assert!(
-            after - before < 128 * 1024,
-            "{flavor}: {WAITS} timed-out waits kept {} bytes",
-            after - before
-        );
+        });
         assert_eq!(waiters_on(&mut c, "k"), 0);
         assert_eq!(testkit::lockcmd::stats(&mut c)["wait_timeouts"], 450);
     }
@@ -184,7 +195,7 @@ fn waits_cancelled_by_their_token_leave_no_memory_behind() {
         let mut c = server.conn();
         acquire(&mut c, "k", "holder", 240_000).unwrap();
         let mut w = server.conn();
-        let mut round = |c: &mut Connection, n: usize| {
+        assert_memory_returns(flavor, "cancelled waits", &mut c, WAITS, |c, n| {
             for i in 0..n {
                 let token = format!("w{i}");
                 let wait = redis::cmd("LOCK.ACQUIRE")
@@ -204,17 +215,7 @@ fn waits_cancelled_by_their_token_leave_no_memory_behind() {
                 let reply: Value = w.recv_response().unwrap();
                 assert_eq!(reply, Value::Nil, "{flavor}: the wait ended with nil");
             }
-        };
-        round(&mut c, 50); // warm-up
-        let before = used_memory(&mut c);
-        round(&mut c, WAITS);
-        let after = used_memory(&mut c);
-        eprintln!("{flavor}: {before} -> {after} bytes after {WAITS} cancelled waits");
-        assert!(
-            after - before < 128 * 1024,
-            "{flavor}: {WAITS} cancelled waits kept {} bytes",
-            after - before
-        );
+        });
         assert_eq!(waiters_on(&mut c, "k"), 0);
         let stats = testkit::lockcmd::stats(&mut c);
         assert_eq!(stats["waits_cancelled"], 450);
