@@ -396,58 +396,26 @@ impl Client {
         }
 
         if round.decision() == Some(Decision::Won) {
-            let drift = inner.config.drift(ttl.duration);
-            let mut fence = round.tally().max_fence().unwrap_or_default();
-            let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
-            // Fenced: a quorum must hold the lease's fence before it is
-            // handed out. Not worth a round trip once no validity is left.
-            if inner.config.fenced
-                && quorum::valid_until(started, ttl.duration, drift, now).is_some()
-            {
-                let raised = raise_fences(inner, resource, token, ttl, &granted).await;
-                let t = raised.tally().clone();
-                let floor = raised.floor();
-                match raised.outcome(resource, n, round.into_errors()) {
-                    Ok((raised_fence, holders)) => (fence, nodes) = (raised_fence, holders),
-                    Err(e) => {
-                        release_nodes(inner, resource, token, may_hold, Wait::All).await;
-                        tracing::debug!(
-                            resource,
-                            floor,
-                            confirmed = t.granted(),
-                            refused = t.refused(),
-                            failed = t.failed(),
-                            elapsed = ?started.elapsed(),
-                            "fence raise failed, released"
-                        );
-                        return Err(e);
-                    }
+            let lease = won_lease(
+                inner,
+                resource,
+                token,
+                ttl,
+                started,
+                (&granted, round.tally().max_fence()),
+                round.into_errors(),
+            )
+            .await;
+            match &lease {
+                Ok(lease) => {
+                    tracing::debug!(resource, lease.fence, ?lease.nodes, elapsed = ?started.elapsed(), "acquired")
+                }
+                Err(e) => {
+                    release_nodes(inner, resource, token, may_hold, Wait::All).await;
+                    tracing::debug!(resource, error = %e, elapsed = ?started.elapsed(), "won but not held: released");
                 }
             }
-            // Validity counts from before the first request of the round,
-            // so the raise round comes out of it.
-            let now = Instant::now();
-            let elapsed = now.saturating_duration_since(started);
-            if let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now) {
-                tracing::debug!(resource, fence, ?nodes, ?elapsed, "acquired");
-                return Ok(Lease {
-                    resource: resource.to_owned(),
-                    token: token.clone(),
-                    fence,
-                    acquired_at: started,
-                    renewed_at: started,
-                    valid_until,
-                    ttl: ttl.duration,
-                    nodes,
-                });
-            }
-            release_nodes(inner, resource, token, may_hold, Wait::All).await;
-            tracing::debug!(resource, ?elapsed, "granted too late");
-            return Err(Error::NoValidityLeft {
-                resource: resource.to_owned(),
-                ttl: ttl.duration,
-                elapsed,
-            });
+            return lease;
         }
 
         // Lost: release the partial grants at once (and the nodes that
@@ -601,6 +569,52 @@ enum Until {
     Decided,
     /// For every node's answer (each bounded by the node timeouts).
     All,
+}
+
+/// The lease of a round that a quorum granted (`granted`: node, fence;
+/// `fence` the largest of them), its
+/// validity counted from `started`, the instant before the round's first
+/// request (every grant came after its request was sent). Fenced: the
+/// fences are raised first, so that a quorum holds the lease's fence (not
+/// worth a round trip once no validity is left); `errors` are the round's
+/// own, for the error of a failed raise. On an error the caller releases.
+async fn won_lease(
+    inner: &Inner,
+    resource: &str,
+    token: &Token,
+    ttl: Ttl,
+    started: Instant,
+    (granted, fence): (&[(usize, u64)], Option<u64>),
+    errors: Vec<NodeError>,
+) -> Result<Lease, Error> {
+    let drift = inner.config.drift(ttl.duration);
+    let mut fence = fence.unwrap_or_default();
+    let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
+    if inner.config.fenced
+        && quorum::valid_until(started, ttl.duration, drift, Instant::now()).is_some()
+    {
+        let raised = raise_fences(inner, resource, token, ttl, granted).await;
+        (fence, nodes) = raised.outcome(resource, inner.nodes.len(), errors)?;
+    }
+    // The raise round comes out of the validity too.
+    let now = Instant::now();
+    let Some(valid_until) = quorum::valid_until(started, ttl.duration, drift, now) else {
+        return Err(Error::NoValidityLeft {
+            resource: resource.to_owned(),
+            ttl: ttl.duration,
+            elapsed: now.saturating_duration_since(started),
+        });
+    };
+    Ok(Lease {
+        resource: resource.to_owned(),
+        token: token.clone(),
+        fence,
+        acquired_at: started,
+        renewed_at: started,
+        valid_until,
+        ttl: ttl.duration,
+        nodes,
+    })
 }
 
 /// The raise round of a fenced acquisition (see [`RaiseRound`]): sends

@@ -174,10 +174,6 @@ impl RaiseRound {
         self.raise.decision()
     }
 
-    pub(crate) fn tally(&self) -> &Tally {
-        self.raise.tally()
-    }
-
     /// The lease's fence and the nodes that hold it, or, if a quorum did
     /// not confirm, the error of the acquisition (over `nodes` nodes; the
     /// acquisition round's own node errors are `earlier`).

@@ -39,7 +39,7 @@
 //! wall clock, however wrong, does not move it in the queues. Safety never
 //! depends on tickets.
 
-use super::{raise_fences, release_nodes, Client, Ttl, Wait};
+use super::{release_nodes, won_lease, Client, Ttl, Wait};
 use crate::error::{Error, NodeErrorKind};
 use crate::lease::{Lease, Token};
 use crate::nodeset::{self, fan_out, NodeMask};
@@ -370,7 +370,6 @@ impl Client {
         granted: &[(usize, u64)],
     ) -> Result<Lease, Error> {
         let inner = &self.inner;
-        let n = inner.nodes.len();
         let drift = inner.config.drift(ttl.duration);
         let now = Instant::now();
         let fresh = quorum::valid_until(attempt, ttl.duration, drift, now)
@@ -379,30 +378,17 @@ impl Client {
             tracing::debug!(resource, waited = ?now.saturating_duration_since(attempt), "confirming a late grant");
             return self.acquire_round(resource, token, ttl).await;
         }
-        let mut fence = granted.iter().map(|(_, f)| *f).max().unwrap_or_default();
-        let mut nodes: Vec<usize> = granted.iter().map(|(i, _)| *i).collect();
-        if inner.config.fenced {
-            let raised = raise_fences(inner, resource, token, ttl, granted).await;
-            (fence, nodes) = raised.outcome(resource, n, Vec::new())?;
-        }
-        let now = Instant::now();
-        let Some(valid_until) = quorum::valid_until(attempt, ttl.duration, drift, now) else {
-            return Err(Error::NoValidityLeft {
-                resource: resource.to_owned(),
-                ttl: ttl.duration,
-                elapsed: now.saturating_duration_since(attempt),
-            });
-        };
-        tracing::debug!(resource, fence, ?nodes, "acquired in the queues");
-        Ok(Lease {
-            resource: resource.to_owned(),
-            token: token.clone(),
-            fence,
-            acquired_at: attempt,
-            renewed_at: attempt,
-            valid_until,
-            ttl: ttl.duration,
-            nodes,
-        })
+        let lease = won_lease(
+            inner,
+            resource,
+            token,
+            ttl,
+            attempt,
+            (granted, granted.iter().map(|(_, f)| *f).max()),
+            Vec::new(),
+        )
+        .await?;
+        tracing::debug!(resource, lease.fence, ?lease.nodes, "acquired in the queues");
+        Ok(lease)
     }
 }
