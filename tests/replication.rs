@@ -138,3 +138,54 @@ fn a_promoted_replica_refuses_a_second_holder() {
         wait_gone(&mut r, "short", Duration::from_secs(5));
     }
 }
+
+/// `MOVE key db` leaves the operator's connection on its own database, and
+/// the replica applies the same `MOVE`. Valkey 8.1 runs a module's keyspace
+/// callbacks on the executing client after selecting the event's database
+/// and does not select back (valkey-io/valkey#4024, fixed in 9): with the
+/// module subscribed, `move_to` left the client on the destination, so its
+/// next command ran there and the `MOVE` reached the replica under
+/// `SELECT <destination>` (which the replica refused: "source and
+/// destination objects are the same"). The module selects the source
+/// database back after `move_to`.
+#[test]
+fn move_leaves_the_client_on_its_database_and_the_replica_in_step() {
+    for flavor in testkit::flavors() {
+        let primary = Server::start(flavor);
+        let replica = Server::builder(flavor).replica_of(&primary).start();
+        replica.wait_replica_synced(Duration::from_secs(10));
+        let mut p = primary.conn();
+        acquire(&mut p, "held", "tok", 240_000).unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("plain")
+            .arg("v")
+            .query(&mut p)
+            .unwrap();
+        for key in ["held", "plain"] {
+            let moved: i64 = redis::cmd("MOVE").arg(key).arg(1).query(&mut p).unwrap();
+            assert_eq!(moved, 1, "{flavor}: MOVE {key} 1");
+            // The same connection, still on database 0.
+            let _: () = redis::cmd("SET")
+                .arg(format!("after-{key}"))
+                .arg("x")
+                .query(&mut p)
+                .unwrap();
+        }
+        wait_replicated(&mut p);
+        for (conn, who) in [(&mut p, "primary"), (&mut replica.conn(), "replica")] {
+            let _: () = redis::cmd("SELECT").arg(0).query(conn).unwrap();
+            let in_0: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
+            let _: () = redis::cmd("SELECT").arg(1).query(conn).unwrap();
+            let mut in_1: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
+            let mut in_0 = in_0;
+            in_0.sort();
+            in_1.sort();
+            assert_eq!(in_0, ["after-held", "after-plain"], "{flavor} {who}: db 0");
+            assert_eq!(in_1, ["held", "plain"], "{flavor} {who}: db 1");
+        }
+        assert!(
+            !replica.log().contains("CRITICAL"),
+            "{flavor}: the replica refused its primary's stream"
+        );
+    }
+}

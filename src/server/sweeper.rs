@@ -118,6 +118,37 @@ fn sweep(ctx: &Context) {
 /// key's waiters).
 pub fn on_keyspace_event(ctx: &Context, event: &str, key: &[u8]) {
     let db = ffi::selected_db(ctx);
+    // Valkey 8.1 runs this callback on the client executing the command,
+    // after selecting the event's database on it, and never selects back
+    // (valkey-io/valkey#4024, fixed in Valkey 9): after `move_to` the
+    // client would stay on MOVE's destination, its next commands would run
+    // there, and the MOVE would reach replicas and the AOF under the wrong
+    // SELECT. MOVE fires `move_from` (the source: the client's own
+    // database) just before `move_to`, so select that back afterwards. On
+    // servers that use a temporary client, or restore the database
+    // themselves, this changes nothing.
+    match event {
+        "move_from" => MOVED_FROM.with(|m| m.set(Some(db))),
+        "move_to" => {
+            index_or_serve(ctx, event, key, db);
+            if let Some(source) = MOVED_FROM.with(std::cell::Cell::take) {
+                if source != db {
+                    ffi::select_db(ctx, source);
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
+    index_or_serve(ctx, event, key, db);
+}
+
+thread_local! {
+    /// The database of the last `move_from`, until its `move_to`.
+    static MOVED_FROM: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
+
+fn index_or_serve(ctx: &Context, event: &str, key: &[u8], db: i32) {
     if matches!(
         event,
         "del" | "rename_from" | "move_from" | "expired" | "evicted"
