@@ -72,19 +72,32 @@ impl Node {
         if let Some(conn) = &slot.conn {
             return Ok((slot.generation, conn.clone(), true));
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            // Requests are timed by `query`, which drops the future.
-            .set_response_timeout(None);
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.classify(&e, Phase::Connect))?;
+        let conn = self.open_connection().await?;
         slot.generation += 1;
         slot.conn = Some(conn.clone());
         tracing::debug!(node = self.index, addr = %self.label, "connected");
         Ok((slot.generation, conn, false))
+    }
+
+    /// A new connection to the node, not bounded in time: callers bound it
+    /// by the connect timeout (see [`Node::no_connection`]) and time their
+    /// requests themselves, dropping the future.
+    async fn open_connection(&self) -> Result<MultiplexedConnection, NodeError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| self.classify(&e, Phase::Connect))
+    }
+
+    /// The error of a connection not made within the connect timeout.
+    fn no_connection(&self) -> NodeError {
+        self.error(
+            NodeErrorKind::Timeout,
+            format!("no connection within {:?}", self.connect_timeout),
+        )
     }
 
     /// Whether a connection is open (or being made): a request cut off
@@ -110,10 +123,7 @@ impl Node {
     pub(crate) async fn connect(&self) -> Result<(), NodeError> {
         match timeout(self.connect_timeout, self.connection()).await {
             Ok(r) => r.map(|_| ()),
-            Err(_) => Err(self.error(
-                NodeErrorKind::Timeout,
-                format!("no connection within {:?}", self.connect_timeout),
-            )),
+            Err(_) => Err(self.no_connection()),
         }
     }
 
@@ -135,10 +145,7 @@ impl Node {
                     return Err(if sent { e } else { e.unsent() });
                 }
                 Err(_) => {
-                    let e = self.error(
-                        NodeErrorKind::Timeout,
-                        format!("no connection within {:?}", self.connect_timeout),
-                    );
+                    let e = self.no_connection();
                     return Err(if sent { e } else { e.unsent() });
                 }
             };

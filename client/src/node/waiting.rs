@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 use tokio::time::timeout;
 
 use super::{Node, Phase};
@@ -126,29 +126,10 @@ impl Node {
             }
             return Ok(conn);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None);
-        let connected = timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
-        let mut conn = match connected {
+        let mut conn = match timeout(self.connect_timeout, self.open_connection()).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                let e = self.classify(&e, Phase::Connect);
-                return Err(self.with_refusal(e).await.unsent());
-            }
-            Err(_) => {
-                return Err(self
-                    .error(
-                        NodeErrorKind::Timeout,
-                        format!("no connection within {:?}", self.connect_timeout),
-                    )
-                    .unsent())
-            }
+            Ok(Err(e)) => return Err(self.with_refusal(e).await.unsent()),
+            Err(_) => return Err(self.no_connection().unsent()),
         };
         self.waits.opened.store(true, Ordering::Relaxed);
         tracing::debug!(node = self.index, addr = %self.label, "waiting connection opened");
