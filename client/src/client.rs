@@ -572,12 +572,12 @@ enum Until {
 }
 
 /// The lease of a round that a quorum granted (`granted`: node, fence;
-/// `fence` the largest of them), its
-/// validity counted from `started`, the instant before the round's first
-/// request (every grant came after its request was sent). Fenced: the
-/// fences are raised first, so that a quorum holds the lease's fence (not
-/// worth a round trip once no validity is left); `errors` are the round's
-/// own, for the error of a failed raise. On an error the caller releases.
+/// `fence` the largest of them), its validity counted from `started`, the
+/// instant before the round's first request (every grant came after its
+/// request was sent). Fenced: the fences are raised first, so that a
+/// quorum holds the lease's fence (not worth a round trip once no validity
+/// is left); `errors` are the round's own, for the error of a failed raise.
+/// On an error the caller releases.
 async fn won_lease(
     inner: &Inner,
     resource: &str,

@@ -12,8 +12,9 @@
 //! that start exactly as for a plain round. The fences are raised only if
 //! the granting nodes gave different ones; a grant whose validity has worn
 //! below half the TTL (a long wait) is confirmed by a plain round with the
-//! same token (a refresh where we hold it), which anchors it to now. A contended grant on five nodes thus costs five
-//! `WAIT`s and, later, the holder's five releases.
+//! same token (a refresh where we hold it), which anchors it to now. A
+//! contended grant on five nodes thus costs five `WAIT`s and, later, the
+//! holder's five releases.
 //!
 //! Across nodes the queues can hand the lock to different clients (a split:
 //! with three waiters and five nodes, 2/2/1, nobody has a quorum and nobody
@@ -25,9 +26,10 @@
 //! command per node takes back both the grants and the waits of an attempt,
 //! whatever order they race in; the waits still out then answer nil and
 //! their connections go back to the pool. The window starts at a fifth of
-//! the request timeout (10 ms by default, at least 2 ms) and doubles with each consecutive split, up to a
-//! quarter of the TTL (at most 2 s): a split among waiters resolves in
-//! milliseconds, while a long wait does not churn through rounds.
+//! the request timeout (10 ms by default, at least 2 ms) and doubles with
+//! each consecutive split, up to a quarter of the TTL (at most 2 s): a
+//! split among waiters resolves in milliseconds, while a long wait does not
+//! churn through rounds.
 //!
 //! Every request of one `acquire` carries the same ticket: the instant the
 //! client started waiting, on each node's own clock (learned with `TIME`
@@ -47,7 +49,6 @@ use crate::quorum::{self, Decision};
 use crate::round::Round;
 use futures_util::stream::StreamExt;
 use rand::Rng;
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,30 +70,15 @@ const MIN_ROUND: Duration = Duration::from_millis(50);
 /// Less than this left of the wait budget: one plain round decides.
 const MIN_WAIT: Duration = Duration::from_millis(2);
 
-/// A plain round's outcome inside the waiting loop: `Break` ends the wait
-/// (a lease, or an error that waiting cannot cure), `Continue` waits on
-/// with the round's error (the lock is held elsewhere, or nodes did not
-/// answer: `why` is logged).
-fn ends_the_wait(
-    round: Result<Lease, Error>,
-    resource: &str,
-    left: Duration,
-    why: &str,
-) -> ControlFlow<Result<Lease, Error>, Error> {
-    match round {
-        // Nodes refusing grants for longer than the budget: waiting cannot
-        // succeed, so it ends at once.
-        Err(e)
-            if e.is_taken()
-                || e.is_unreachable()
-                || e.is_timeout()
-                || e.retry_after().is_some_and(|after| after < left) =>
-        {
-            tracing::debug!(resource, error = %e, "{why}");
-            ControlFlow::Continue(e)
-        }
-        done => ControlFlow::Break(done),
-    }
+/// Whether waiting on may cure a queue round's error, with `left` of the
+/// budget: the lock is held elsewhere, or nodes did not answer; not when
+/// the request is refused (a usage error), nor when nodes refuse grants
+/// for longer than the budget.
+fn waiting_may_cure(e: &Error, left: Duration) -> bool {
+    e.is_taken()
+        || e.is_unreachable()
+        || e.is_timeout()
+        || e.retry_after().is_some_and(|after| after < left)
 }
 
 /// How a wait that ran out is reported: a timeout carrying the last round's
@@ -212,16 +198,12 @@ impl Client {
                 .collect();
             release_nodes(&self.inner, resource, token, reached, Wait::All).await;
             tracing::debug!(resource, split, error = %err, "queue round without a lease");
-            let err = match ends_the_wait(
-                Err(err),
-                resource,
-                wait.saturating_sub(started.elapsed()),
-                "queued again",
-            ) {
-                ControlFlow::Break(done) => return done,
-                ControlFlow::Continue(e) => e,
-            };
-            if wait.saturating_sub(started.elapsed()) < MIN_WAIT {
+            let left = wait.saturating_sub(started.elapsed());
+            if !waiting_may_cure(&err, left) {
+                return Err(err);
+            }
+            tracing::debug!(resource, error = %err, "queued again");
+            if left < MIN_WAIT {
                 return Err(timed_out(resource, started, attempts, err));
             }
             last = Some(err);
@@ -278,8 +260,8 @@ impl Client {
 
     /// One queue round: `WAIT` on every node, decided as soon as a quorum
     /// granted, a quorum became impossible, the split window closed after
-    /// a first grant, or the `deadline` (the wait budget) passed. The waits still out when it is decided finish
-    /// in a task of their own, so that their connections come back to the
+    /// a first grant, or the `deadline` (the wait budget) passed. The waits
+    /// still out when it is decided finish in a task of their own, so that their connections come back to the
     /// pool once answered (a lost round's release ends them at once; a won
     /// one's hold nodes for the lease until its release).
     #[allow(clippy::too_many_arguments)]
