@@ -127,20 +127,17 @@ pub fn on_keyspace_event(ctx: &Context, event: &str, key: &[u8]) {
     // database) just before `move_to`, so select that back afterwards. On
     // servers that use a temporary client, or restore the database
     // themselves, this changes nothing.
-    match event {
-        "move_from" => MOVED_FROM.with(|m| m.set(Some(db))),
-        "move_to" => {
-            index_or_serve(ctx, event, key, db);
-            if let Some(source) = MOVED_FROM.with(std::cell::Cell::take) {
-                if source != db {
-                    ffi::select_db(ctx, source);
-                }
-            }
-            return;
-        }
-        _ => {}
+    if event == "move_from" {
+        MOVED_FROM.with(|m| m.set(Some(db)));
     }
     index_or_serve(ctx, event, key, db);
+    if event == "move_to" {
+        if let Some(source) = MOVED_FROM.with(std::cell::Cell::take) {
+            if source != db {
+                ffi::select_db(ctx, source);
+            }
+        }
+    }
 }
 
 thread_local! {
